@@ -1,0 +1,4 @@
+"""``python -m embedkit`` (and ``torchrun -m embedkit``) runs the CLI."""
+from embedkit.cli.main import main
+
+main()

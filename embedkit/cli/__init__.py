@@ -1,0 +1,1 @@
+"""The embedkit command line: one module per command group; heavy imports happen inside commands."""

@@ -1,0 +1,1 @@
+"""Math on arrays: probe heads, metrics, bootstrap, reports. Imports neither embedkit nor stores."""

@@ -1,0 +1,54 @@
+"""The arrows between the three packages point one way: embedkit -> probes, stores; never back, never across."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"stores": {"embedkit", "probes"}, "probes": {"embedkit", "stores"}}
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_forbidden_imports(package):
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        bad = _imported_top_levels(path) & FORBIDDEN[package]
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not offenders, "forbidden arrows:\n" + "\n".join(offenders)
+
+
+def test_forbidden_arrow_is_detected(tmp_path):
+    bad = tmp_path / "m.py"
+    bad.write_text("from embedkit.errors import EmbedkitError\nimport stores.errors\n")
+    assert _imported_top_levels(bad) == {"embedkit", "stores"}
+
+
+def test_cli_help_does_not_import_heavy_modules():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from embedkit.cli.main import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'timm', 'faiss', 'zarr', 'sklearn', 'pydicom') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "", f"'embedkit --help' imported {proc.stdout.strip()}"
