@@ -1,8 +1,53 @@
-"""Placeholder: filled in by the issue that owns this command group."""
+"""``embedkit models``: the registered backbones and whether their weights are in the local cache (offline)."""
 from __future__ import annotations
 
 import typer
 
+from embedkit.cli._common import out_console, print_json
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``models`` to ``app``."""
+
+    @app.command("models")
+    def models(
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    ) -> None:
+        """List the registered backbones (name, source, id, dim, patch, registers, licence, weights present).
+
+        Never touches the network: presence is looked up in the local Hugging Face cache. Any hub id,
+        'timm:NAME', a save_pretrained folder or a checkpoint file also works as --model.
+        """
+        from embedkit.backbones import list_backbones
+        from embedkit.backbones.resolve import cached_hub_files
+
+        rows = []
+        for spec in list_backbones():
+            repo = spec.weights_repo
+            files = cached_hub_files(repo, need_config=spec.source == "transformers") if repo else None
+            rows.append({
+                "name": spec.name, "source": spec.source, "id": spec.hub_id, "family": spec.family,
+                "embed_dim": spec.embed_dim, "patch_size": spec.patch_size, "num_registers": spec.num_registers,
+                "mean": list(spec.mean), "std": list(spec.std), "license": spec.license, "gated": spec.gated,
+                "default_views": list(spec.default_views), "weights_local": files is not None,
+                "weights_path": str(files[-1].parent) if files else None, "notes": spec.notes,
+            })
+        if as_json:
+            print_json({"backbones": rows})
+            return
+        from rich.table import Table
+
+        table = Table(title="embedkit backbones (weights: local hub cache, looked up offline)")
+        for col in ("name", "source", "id", "dim", "patch", "regs", "license", "weights"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(r["name"], r["source"], r["id"] or "-", str(r["embed_dim"]), str(r["patch_size"]),
+                          str(r["num_registers"]), r["license"], "local" if r["weights_local"] else "-")
+        console = out_console()
+        if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
+            console.width = 160
+        console.print(table)
+        console.print("Also accepted as --model: any hub id, timm:NAME, a save_pretrained folder, a checkpoint "
+                            "file (.safetensors/.pth, incl. original DINOv3 releases), MODEL@FILE. DINOv3 weights "
+                            "are gated: accept the licence on the hub page, `hf auth login`, `hf download ID "
+                            "--local-dir D`, then --model D.", highlight=False)

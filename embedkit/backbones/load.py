@@ -1,0 +1,69 @@
+"""``load_backbone``: resolve, then build through the library that owns the architecture."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from embedkit.backbones.base import Backbone, resolve_device, resolve_precision
+from embedkit.backbones.resolve import resolve_backbone
+from embedkit.backbones.spec import get_factory
+
+
+def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "auto",
+                  features: Sequence[str] | None = None, allow_download: bool = False,
+                  weights: str | os.PathLike | None = None) -> Backbone:
+    """Load a frozen backbone ready to ``embed`` pixels.
+
+    Parameters
+    ----------
+    model : str or PathLike
+        Registered short name (``dinov3-vitb16``; see ``embedkit models``), Hugging Face hub id, ``timm:NAME``,
+        a ``save_pretrained`` folder (or a timm ``config.json`` + weights folder), a checkpoint file (``.safetensors``
+        preferred; ``.pt``/``.pth`` read with ``weights_only=True``; original Meta DINOv3 ``.pth`` releases
+        included), or ``MODEL@FILE``.
+    device : str or torch.device
+        ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``.
+    precision : {"auto", "fp32", "bf16", "bf16-weights"}
+        ``auto``: bf16 autocast on CUDA, fp32 on CPU. ``bf16``: autocast with fp32 weights. ``bf16-weights``: weights
+        stored in bf16 too (halves memory: the 7B needs 13.4 GB instead of 26.9 GB). fp16 is refused.
+    features : sequence of str, optional
+        Views to compute (default: the spec's ``default_views``); see :mod:`embedkit.backbones.views`.
+    allow_download : bool
+        Fetch missing weights from the hub (ignored while ``HF_HUB_OFFLINE`` is set). Off by default: weights are
+        loaded with ``local_files_only=True``.
+    weights : str or PathLike, optional
+        A checkpoint file holding the weights for ``model`` (same as ``MODEL@FILE``).
+
+    Returns
+    -------
+    Backbone
+        ``.spec``, ``.views`` (name -> dim), ``.view_definitions``, ``.embed(pixels (B,3,R,R)) -> {view: (B,D)}``,
+        ``.provenance()``.
+
+    Raises
+    ------
+    ModelError
+        Unknown model (with close matches), unsupported architecture or view, fp16, unreadable or unsafe checkpoint.
+    WeightsNotFoundError
+        Weights not available locally and downloading not allowed; the message names the files and the steps.
+
+    Examples
+    --------
+    >>> bb = load_backbone("dinov3-vitb16", device="cuda", features=["cls", "mean_tokens"])  # doctest: +SKIP
+    >>> bb.embed(pixels)["mean_tokens"].shape  # doctest: +SKIP
+    torch.Size([32, 768])
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    spec, loc = resolve_backbone(model, weights=weights, allow_download=allow_download)
+    views = tuple(features) if features else None
+    factory = get_factory(spec.name)
+    if factory is not None:
+        return factory(spec, loc, device=dev, precision=prec, features=views)  # type: ignore[return-value]
+    if spec.source == "timm" or (loc.kind == "file" and spec.family == "vit"):
+        from embedkit.backbones.timm_backbones import load_timm
+
+        return load_timm(spec, loc, device=dev, precision=prec, views=views, allow_download=allow_download)
+    from embedkit.backbones.hf import load_hf
+
+    return load_hf(spec, loc, device=dev, precision=prec, views=views, allow_download=allow_download)

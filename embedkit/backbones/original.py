@@ -1,0 +1,81 @@
+"""Original Meta DINOv3 ``.pth`` releases (and other bare checkpoint files): spec from tensor shapes, timm build.
+
+The ViT releases load through timm's Eva ``checkpoint_filter_fn`` (it recognises DINOv3 by ``storage_tokens``),
+passed the state dict we read ourselves with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from embedkit.backbones.checkpoint import infer_dinov3_arch, is_original_dinov3, is_original_dinov3_convnext
+from embedkit.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, find_spec
+from embedkit.errors import ModelError
+
+_META_NAME = re.compile(r"dinov3_(vit\w+?|convnext_[a-z]+)_pretrain")
+
+
+class _Shape:
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def read_shapes(path: str | Path) -> dict:
+    """``key -> object with .shape`` without materialising the weights (safetensors header / mmap'd torch.load)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: _Shape(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    from embedkit.backbones.checkpoint import read_state_dict
+
+    return read_state_dict(path)
+
+
+def spec_from_checkpoint(path: Path) -> BackboneSpec:
+    """A spec for a bare checkpoint file; only the original DINOv3 ViT layout carries enough to rebuild it.
+
+    Raises
+    ------
+    ModelError
+        Any other layout (the architecture cannot be known from the tensors alone).
+    """
+    shapes = read_shapes(path)
+    if is_original_dinov3(shapes):
+        arch = infer_dinov3_arch(shapes)
+        spec = BackboneSpec(name=f"dinov3-vit:{path.stem}", source="timm", hub_id=None, embed_dim=arch.embed_dim,
+                            patch_size=arch.patch_size, num_registers=arch.num_registers, mean=IMAGENET_MEAN,
+                            std=IMAGENET_STD, license="dinov3-license", family="vit",
+                            notes="original Meta DINOv3 checkpoint, loaded through timm's Eva checkpoint filter")
+        m = _META_NAME.search(path.name)
+        if m:
+            short = "dinov3-7b" if m.group(1) == "vit7b16" else "dinov3-" + m.group(1).replace("_", "-")
+            known = find_spec(short)
+            if known is not None and known.embed_dim == arch.embed_dim:
+                spec = replace(spec, name=known.name)
+        return spec
+    if is_original_dinov3_convnext(shapes):
+        raise ModelError(f"'{path}' is an original DINOv3 ConvNeXt checkpoint; loading that layout is not "
+                         "supported yet. Use the transformers release (`--model dinov3-convnext-base` or its hub "
+                         "folder) or timm's (`--model timm:convnext_base.dinov3_lvd1689m@FILE.safetensors`).")
+    raise ModelError(f"Cannot tell the architecture of '{path}' from its tensors. Put a config.json next to it "
+                     "(save_pretrained layout), or name the model: `--model MODEL@FILE` / `--model timm:NAME@FILE`.")
+
+
+def timm_kwargs_for_original(sd: dict) -> tuple[str, dict]:
+    """timm base architecture + keyword overrides that rebuild an original-format DINOv3 ViT checkpoint."""
+    arch = infer_dinov3_arch(sd)
+    ratio = arch.mlp_hidden / arch.embed_dim
+    if int(arch.embed_dim * ratio) != arch.mlp_hidden:
+        ratio = (arch.mlp_hidden + 0.5) / arch.embed_dim
+    kwargs = dict(embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads, patch_size=arch.patch_size,
+                  num_reg_tokens=arch.num_registers, qkv_bias=arch.qkv_bias, mlp_ratio=ratio,
+                  init_values=1e-5 if arch.layerscale else None)
+    if arch.swiglu:
+        # align_to=1 selects timm's split-gate SwiGLU (fc1_g/fc1_x), the layout the filter maps w1/w2 onto.
+        kwargs.update(swiglu_mlp=True, swiglu_align_to=1)
+    return "vit_base_patch16_dinov3", kwargs

@@ -1,0 +1,159 @@
+"""timm backbones: ViTs (VisionTransformer, Eva incl. DINOv3 and original Meta checkpoints) and ConvNeXts.
+
+Weights are always read by embedkit (safetensors, or ``torch.load(weights_only=True)``) and handed to timm as a
+state dict, so timm applies its architecture's checkpoint filter (position-embedding resampling, DINOv3 key
+mapping) but never downloads on its own.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from embedkit.backbones.base import TorchBackbone, check_spec
+from embedkit.backbones.checkpoint import read_state_dict
+from embedkit.backbones.hashing import files_sha256
+from embedkit.backbones.resolve import Location, cached_hub_files, hub_offline, weights_missing
+from embedkit.backbones.spec import BackboneSpec
+from embedkit.backbones.views import compute_convnext_views, compute_vit_views, plan_convnext_views, plan_vit_views
+from embedkit.errors import ModelError, WeightsNotFoundError
+
+logger = logging.getLogger(__name__)
+
+_TIMM_POOLED = ("forward_head(pre_logits=True) (timm ConvNeXt): head.norm of the global average of the last stage "
+                "map")
+
+
+class TimmViTBackbone(TorchBackbone):
+    """timm VisionTransformer / Eva (DINOv3: built with ``global_pool='token'``, the upstream CLS pooling)."""
+
+    def __init__(self, spec, module, views, **kw):
+        import torch.nn as nn
+
+        self._blocks = module.blocks
+        self._norm = module.norm
+        self._extra_norm = None
+        if isinstance(module.norm, nn.Identity) and not isinstance(getattr(module, "fc_norm", nn.Identity()),
+                                                                      nn.Identity):
+            # avg-pool models keep their final norm in fc_norm; apply it to the tokens so views mean the same.
+            self._norm = self._extra_norm = module.fc_norm
+        plan = plan_vit_views(views, dim=spec.embed_dim, depth=len(self._blocks),
+                              num_registers=int(module.num_prefix_tokens) - 1)
+        super().__init__(spec, module, plan, **kw)
+        self._capture_cls(self._blocks, plan.blocks)
+
+    def _forward(self, x):
+        tokens = self.module.forward_features(x)
+        if self._extra_norm is not None:
+            tokens = self._extra_norm(tokens)
+        p = self.spec.patch_size
+        return compute_vit_views(self.plan, tokens, num_registers=int(self.module.num_prefix_tokens) - 1,
+                                 grid_hw=(x.shape[2] // p, x.shape[3] // p), block_cls=self._blocks_cls(),
+                                 final_norm=self._norm)
+
+
+class TimmConvNextBackbone(TorchBackbone):
+    """timm ConvNeXt (channels_last)."""
+
+    channels_last = True
+
+    def __init__(self, spec, module, views, **kw):
+        self._stages = module.stages
+        dims = [int(f["num_chs"]) for f in module.feature_info]
+        plan = plan_convnext_views(views, stage_dims=dims, pooled=_TIMM_POOLED)
+        super().__init__(spec, module, plan, **kw)
+        last = len(self._stages) - 1
+        self._capture_stages(self._stages, plan.stages,
+                             keep_map=last if any(v.startswith("patch_grid_") for v in plan.dims) else None)
+
+    def _forward(self, x):
+        feats = self.module.forward_features(x)
+        pooled = self.module.forward_head(feats, pre_logits=True)
+        last = len(self._stages) - 1
+        return compute_convnext_views(self.plan, pooled, self._stage_means(), self._captured.get(("map", last)))
+
+
+def _registers(module) -> int:
+    if not _is_vit(module):
+        return 0
+    return int(module.num_prefix_tokens) - int(getattr(module, "cls_token", None) is not None)
+
+
+def _is_vit(module) -> bool:
+    return hasattr(module, "blocks") and hasattr(module, "num_prefix_tokens")
+
+
+def _create(arch: str, sd: dict, *, pretrained_cfg: dict | None = None, **kwargs):
+    import timm
+
+    overlay = dict(state_dict=sd, file=None, url=None, hf_hub_id=None, custom_load=False, source="")
+    if arch.split(".")[0].startswith(("vit_", "eva", "test_vit")) or "dinov3" in arch:
+        kwargs.setdefault("dynamic_img_size", True)
+    if "dinov3" in arch:
+        kwargs.setdefault("global_pool", "token")  # timm's Eva default is 'avg'; upstream DINOv3 pools the CLS
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg=pretrained_cfg,
+                                 pretrained_cfg_overlay=overlay, **kwargs)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"timm could not build {arch!r} from the given weights: {first}") from exc
+
+
+def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, views, allow_download: bool):
+    """Build a timm backbone from ``timm:NAME`` (hub cache or a weights file), a timm folder, or an original
+    DINOv3 checkpoint."""
+    import timm
+
+    model_args: dict = {}
+    pretrained_cfg = None
+    if loc.kind == "timm":
+        arch = loc.ref
+        if loc.weights_file:
+            files = [Path(loc.weights_file)]
+        else:
+            repo = f"timm/{arch}"
+            files = cached_hub_files(repo, need_config=False)
+            if files is None:
+                if not allow_download or hub_offline():
+                    why = "HF_HUB_OFFLINE is set" if hub_offline() else "downloads are not allowed"
+                    raise weights_missing(spec, repo, ("model.safetensors",), why=why)
+                from huggingface_hub import hf_hub_download
+
+                files = [Path(hf_hub_download(repo, "model.safetensors"))]
+        module = _create(arch, read_state_dict(files[-1]))
+        ident, path = arch, (str(files[-1]) if loc.weights_file else None)
+    elif loc.kind == "dir":
+        folder = Path(loc.ref)
+        config = json.loads((folder / "config.json").read_text())
+        files = [p for p in (folder / "model.safetensors", folder / "pytorch_model.bin") if p.is_file()][:1]
+        if not files:
+            raise WeightsNotFoundError(f"timm folder '{folder}' has no model.safetensors (or pytorch_model.bin).")
+        arch = config["architecture"]
+        model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
+        pretrained_cfg = dict(config.get("pretrained_cfg", {}))
+        pretrained_cfg.setdefault("architecture", arch)
+        module = _create(arch, read_state_dict(files[0]), pretrained_cfg=pretrained_cfg, **model_args)
+        ident, path = None, str(folder)
+    else:  # an original-format DINOv3 checkpoint
+        from embedkit.backbones.original import timm_kwargs_for_original
+
+        from embedkit.backbones.checkpoint import is_original_dinov3
+
+        files = [Path(loc.weights_file or loc.ref)]
+        sd = read_state_dict(files[0])
+        if not is_original_dinov3(sd):
+            raise ModelError(f"'{files[0]}' is not an original-format DINOv3 ViT checkpoint; for a transformers model "
+                             "pass its save_pretrained folder (config.json + model.safetensors) instead.")
+        arch, model_args = timm_kwargs_for_original(sd)
+        module = _create(arch, sd, **model_args)
+        ident, path = None, str(files[0])
+    patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+    check_spec(spec, embed_dim=int(module.num_features), num_registers=_registers(module),
+               patch_size=int(patch[0]) if isinstance(patch, (tuple, list)) else patch, where=str(files[0]))
+    digest, per_file = files_sha256(files)
+    origin = {"id": ident, "path": path, "sha256": digest, "files": per_file,
+              "loader": f"timm.{type(module).__name__}({arch})", "library_version": timm.__version__}
+    cls = TimmViTBackbone if _is_vit(module) else TimmConvNextBackbone
+    if cls is TimmConvNextBackbone and not hasattr(module, "stages"):
+        raise ModelError(f"timm model {arch!r} is neither a ViT nor a ConvNeXt; embedkit has no views for it.")
+    return cls(spec, module, views or spec.default_views, device=device, precision=precision, origin=origin)
