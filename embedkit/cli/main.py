@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -32,17 +31,18 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 class EmbedkitGroup(TyperGroup):
     """A typer group that maps user errors to one line and exit code 2."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D102 - click API
+    def invoke(self, ctx):  # noqa: D102 - click API
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            # typer vendors its own click: its exceptions, not the click package's, carry usage errors and exits.
             raise
         except Exception as exc:  # noqa: BLE001 - filtered just below
             if os.environ.get("EMBEDKIT_DEBUG") == "1" or not isinstance(exc, _user_error_types()):
                 raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"error: {msg}", err=True)
-            raise click.exceptions.Exit(2) from None
+            typer.echo(f"error: {msg}", err=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(
