@@ -14,6 +14,9 @@ _EXPORTS = {
     "build_index": "stores.index",
     "open_index": "stores.index",
     "SearchIndex": "stores.index",
+    "load_index": "stores.index",
+    "save_index": "stores.index",
+    "index_dir": "stores.index",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,3 +52,12 @@ def test_cli_help_does_not_import_heavy_modules():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "", f"'embedkit --help' imported {proc.stdout.strip()}"
+
+
+def test_user_error_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedkit", "info", str(tmp_path / "missing.zarr")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

@@ -1,0 +1,447 @@
+"""The image cache: preprocessed uint8 radiographs (N, R, R) in one Zarr v3 group, written once, read many times.
+
+Layout (``cache.zarr/``)::
+
+    zarr.json      attrs: {"embedkit_image_cache": {format_version, n_rows, resolution, unit_rows, ...},
+                           "provenance": {...}, "fingerprint": "<sha256 of the provenance>"}
+    images         (N, R, R) uint8; chunks of ``images_per_chunk`` images, one shard per work unit
+    ids            (N,) string
+    filled         (N,) bool, chunked by unit   -- row holds an image
+    failure        (N,) string, chunked by unit -- why a row is empty ("" when filled)
+    done           (n_units,) bool, one chunk per unit: the completion ledger
+    labels         (N, K) float32 (NaN = unknown), optional; attrs["label_names"]
+    split          (N,) string, optional
+    metadata/<name> (N,), optional (patient_id, study_id, view, sex, age, dataset)
+
+Work units are whole shards, so writers in different processes never touch the same file (concurrent writes to one
+shard lose updates). A unit is done only when the ledger says so: written data, then ``filled``/``failure``, then the
+ledger entry, so a unit killed half-way is simply redone. Labels, split and metadata are copied from the manifest so
+that a cache can stand in for it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stores.errors import FormatVersionError, ProvenanceMismatchError, StoreError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_KEY = "embedkit_image_cache"
+#: Provenance keys that must agree before rows are appended to an existing cache.
+COMPATIBILITY_KEYS = ("resolution", "preprocess")
+
+
+def _fingerprint(provenance: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(provenance, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ImageCache:
+    """Preprocessed uint8 images with a per-unit completion ledger.
+
+    Use :meth:`create`, :meth:`open` or :meth:`open_or_create`; the constructor is internal.
+
+    Examples
+    --------
+    >>> cache = ImageCache.create(tmp / "c.zarr", ids=["a", "b"], resolution=4,
+    ...                           provenance={"resolution": 4, "preprocess": {}})  # doctest: +SKIP
+    >>> cache.write_unit(0, {"images": np.zeros((2, 4, 4), np.uint8)})  # doctest: +SKIP
+    """
+
+    def __init__(self, group: Any, path: Path, mode: str) -> None:
+        self._group = group
+        self.path = path
+        self.mode = mode
+        info = dict(group.attrs[_KEY])
+        self._info = info
+        self.n_rows = int(info["n_rows"])
+        self.resolution = int(info["resolution"])
+        self.unit_rows = int(info["unit_rows"])
+        self.images_per_chunk = int(info["images_per_chunk"])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        ids: Sequence[str],
+        resolution: int,
+        provenance: Mapping[str, Any],
+        labels: np.ndarray | None = None,
+        label_names: Sequence[str] | None = None,
+        split: Sequence[str] | None = None,
+        metadata: Mapping[str, Sequence] | None = None,
+        unit_rows: int = 256,
+        images_per_chunk: int = 1,
+        compress: bool = True,
+        overwrite: bool = False,
+    ) -> ImageCache:
+        """Create an empty cache (opened read-write).
+
+        Parameters
+        ----------
+        path : str or Path
+            Directory to create (``*.zarr`` by convention).
+        ids : sequence of str, length N
+            Unique image ids, in row order.
+        resolution : int
+            Side R of the square images.
+        provenance : mapping
+            Plain JSON-able dict: source dataset spec, preset parameters, resolution.
+        labels : ndarray (N, K) float, optional
+            NaN = unknown.
+        label_names : sequence of str, length K, optional
+        split : sequence of str, length N, optional
+        metadata : mapping of name -> sequence of length N, optional
+        unit_rows : int
+            Rows per work unit (one shard); a multiple of ``images_per_chunk``.
+        images_per_chunk : int
+            Images per zarr chunk inside a shard.
+        compress : bool
+            Zstd level 1 on the image chunks (radiographs compress ~1.5-2x; decoding stays far cheaper than PNG).
+        overwrite : bool
+            Replace an existing directory.
+
+        Returns
+        -------
+        ImageCache
+
+        Raises
+        ------
+        StoreError
+            Bad arguments, or ``path`` exists and ``overwrite`` is False.
+        """
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        path = Path(path)
+        ids = [str(i) for i in ids]
+        n = len(ids)
+        if n < 1:
+            raise StoreError("An image cache needs at least one id. Got an empty dataset.")
+        if len(set(ids)) != n:
+            raise StoreError("Image ids must be unique; deduplicate the manifest's 'id' column.")
+        if int(resolution) < 1:
+            raise StoreError(f"The 'resolution' of an image cache must be an int >= 1. Got {resolution!r}.")
+        if images_per_chunk < 1 or unit_rows < 1 or unit_rows % images_per_chunk:
+            raise StoreError(
+                f"'unit_rows' ({unit_rows}) must be a positive multiple of 'images_per_chunk' ({images_per_chunk})."
+            )
+        if path.exists():
+            if not overwrite:
+                raise StoreError(f"'{path}' already exists; pass overwrite=True or choose another path.")
+            shutil.rmtree(path)
+        r = int(resolution)
+        unit_rows = int(min(unit_rows, max(images_per_chunk, -(-n // images_per_chunk) * images_per_chunk)))
+        n_units = -(-n // unit_rows)
+        provenance = json.loads(json.dumps(dict(provenance), default=str))
+        info = {
+            "format_version": FORMAT_VERSION,
+            "n_rows": n,
+            "resolution": r,
+            "unit_rows": unit_rows,
+            "n_units": n_units,
+            "images_per_chunk": int(images_per_chunk),
+            "compressed": bool(compress),
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        group.attrs.update({_KEY: info, "provenance": provenance, "fingerprint": _fingerprint(provenance)})
+        group.create_array(
+            "images", shape=(n, r, r), dtype="uint8", chunks=(images_per_chunk, r, r), shards=(unit_rows, r, r),
+            compressors=[ZstdCodec(level=1)] if compress else None, fill_value=0,
+            dimension_names=["row", "y", "x"],
+        )
+        group.create_array("ids", shape=(n,), dtype=str, chunks=(min(n, 65536),), dimension_names=["row"])
+        group["ids"][:] = np.asarray(ids, dtype=object)
+        group.create_array("filled", shape=(n,), dtype="bool", chunks=(unit_rows,), fill_value=False)
+        group.create_array("failure", shape=(n,), dtype=str, chunks=(unit_rows,), fill_value="")
+        group.create_array("done", shape=(n_units,), dtype="bool", chunks=(1,), fill_value=False)
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.float32)
+            if labels.ndim != 2 or labels.shape[0] != n:
+                raise StoreError(f"'labels' must have shape (N={n}, K). Got {labels.shape}.")
+            names = [str(x) for x in (label_names or [f"label_{k}" for k in range(labels.shape[1])])]
+            if len(names) != labels.shape[1]:
+                raise StoreError(f"'label_names' has {len(names)} names for {labels.shape[1]} label columns.")
+            arr = group.create_array("labels", shape=labels.shape, dtype="float32", chunks=(min(n, 65536), labels.shape[1]),
+                                     fill_value=float("nan"), attributes={"label_names": names})
+            arr[:] = labels
+        if split is not None:
+            cls._write_column(group, "split", split, n)
+        if metadata:
+            meta = group.create_group("metadata")
+            for name, values in metadata.items():
+                cls._write_column(meta, name, values, n)
+        return cls(group, path, "r+")
+
+    @staticmethod
+    def _write_column(group: Any, name: str, values: Sequence, n: int) -> None:
+        arr = np.asarray(values)
+        if arr.shape != (n,):
+            raise StoreError(f"Column '{name}' must have length {n}. Got shape {arr.shape}.")
+        if arr.dtype.kind in "fiub":
+            out = group.create_array(name, shape=(n,), dtype=arr.dtype, chunks=(min(n, 65536),))
+            out[:] = arr
+        else:
+            out = group.create_array(name, shape=(n,), dtype=str, chunks=(min(n, 65536),))
+            out[:] = np.asarray(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
+                                dtype=object)
+
+    @classmethod
+    def is_cache(cls, path: str | Path) -> bool:
+        """True if ``path`` is a directory holding an image cache (cheap: reads one JSON file)."""
+        meta = Path(path) / "zarr.json"
+        if not meta.is_file():
+            return False
+        try:
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return False
+        return _KEY in (doc.get("attributes") or {})
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> ImageCache:
+        """Open an existing cache.
+
+        Parameters
+        ----------
+        path : str or Path
+        mode : {"r", "r+"}
+
+        Raises
+        ------
+        FileNotFoundError
+            No such directory.
+        StoreError
+            Not an image cache.
+        FormatVersionError
+            Written by a newer, unknown format version.
+        """
+        import zarr
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"No image cache at '{path}'.")
+        if mode not in ("r", "r+"):
+            raise StoreError(f"The 'mode' parameter of ImageCache.open must be 'r' or 'r+'. Got {mode!r}.")
+        if not cls.is_cache(path):
+            raise StoreError(f"'{path}' is not an image cache; write one with 'embedkit cache-images'.")
+        group = zarr.open_group(path, mode=mode, use_consolidated=False)
+        version = group.attrs[_KEY].get("format_version")
+        if version != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"Image cache '{path}' has format version {version}; this embedkit reads version {FORMAT_VERSION}. "
+                "Upgrade embedkit or rewrite the cache."
+            )
+        return cls(group, path, mode)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, **kwargs: Any) -> ImageCache:
+        """Open ``path`` read-write if it exists and is compatible, else create it (the resume entry point).
+
+        Raises
+        ------
+        ProvenanceMismatchError
+            The existing cache has another resolution or preprocessing, or other ids.
+        """
+        path = Path(path)
+        if not path.exists():
+            return cls.create(path, **kwargs)
+        cache = cls.open(path, mode="r+")
+        cache.check_compatible(kwargs.get("provenance") or {})
+        ids = [str(i) for i in kwargs.get("ids", [])]
+        if len(ids) != cache.n_rows or not np.array_equal(cache.ids, np.asarray(ids, dtype=object)):
+            raise ProvenanceMismatchError(
+                f"Image cache '{path}' holds {cache.n_rows} other ids than the {len(ids)} asked for; use a new --out."
+            )
+        return cache
+
+    def check_compatible(self, provenance: Mapping[str, Any]) -> None:
+        """Raise ProvenanceMismatchError if ``provenance`` differs in resolution or preprocessing."""
+        mine = self.provenance
+        for key in COMPATIBILITY_KEYS:
+            if json.dumps(mine.get(key), sort_keys=True) != json.dumps(provenance.get(key), sort_keys=True):
+                raise ProvenanceMismatchError(
+                    f"Image cache '{self.path}' was written with {key}={_short(mine.get(key))}; "
+                    f"refusing {key}={_short(provenance.get(key))}. Use a new --out."
+                )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def provenance(self) -> dict:
+        """The provenance document given at creation."""
+        return dict(self._group.attrs["provenance"])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of the provenance document."""
+        return str(self._group.attrs["fingerprint"])
+
+    @property
+    def images(self) -> Any:
+        """The (N, R, R) uint8 zarr array."""
+        return self._group["images"]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(N,) image ids."""
+        return np.asarray(self._group["ids"][:], dtype=object)
+
+    @property
+    def filled(self) -> np.ndarray:
+        """(N,) bool: the row holds an image."""
+        return np.asarray(self._group["filled"][:], dtype=bool)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """(N, K) float32 with NaN = unknown, or None."""
+        return np.asarray(self._group["labels"][:], dtype=np.float32) if "labels" in self._group else None
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names of the K label columns (empty without labels)."""
+        return list(self._group["labels"].attrs["label_names"]) if "labels" in self._group else []
+
+    @property
+    def split(self) -> np.ndarray | None:
+        """(N,) split names or None."""
+        return np.asarray(self._group["split"][:], dtype=object) if "split" in self._group else None
+
+    @property
+    def metadata_names(self) -> list[str]:
+        """Names of the metadata columns present."""
+        return sorted(self._group["metadata"].array_keys()) if "metadata" in self._group else []
+
+    def metadata(self, name: str) -> np.ndarray | None:
+        """(N,) metadata column ``name`` or None."""
+        if name not in self.metadata_names:
+            return None
+        arr = self._group["metadata"][name]
+        values = arr[:]
+        return np.asarray(values, dtype=object) if arr.dtype.kind not in "fiub" else np.asarray(values)
+
+    # ------------------------------------------------------------------ units
+    @property
+    def n_units(self) -> int:
+        """Number of work units (shards)."""
+        return -(-self.n_rows // self.unit_rows)
+
+    def unit_slice(self, unit: int) -> slice:
+        """Rows of work unit ``unit``."""
+        if not 0 <= unit < self.n_units:
+            raise StoreError(f"Unit {unit} is out of range [0, {self.n_units}).")
+        return slice(unit * self.unit_rows, min(self.n_rows, (unit + 1) * self.unit_rows))
+
+    def done_units(self) -> np.ndarray:
+        """(n_units,) bool: the ledger."""
+        return np.asarray(self._group["done"][:], dtype=bool)
+
+    def pending_units(self, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Units not yet done that belong to ``rank``: ``u % world_size == rank``.
+
+        The assignment is static (not a split of the pending list) so that ranks asking at different moments,
+        while others already write, still get disjoint sets.
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise StoreError(f"Invalid rank {rank} for world size {world_size}.")
+        done = self.done_units()
+        return [u for u in range(rank, self.n_units, world_size) if not done[u]]
+
+    def write_unit(
+        self,
+        unit: int,
+        features: Mapping[str, np.ndarray],
+        ok: np.ndarray | None = None,
+        failures: Mapping[int, str] | None = None,
+    ) -> None:
+        """Write one whole unit: images, then ``filled``/``failure``, then the ledger entry.
+
+        Parameters
+        ----------
+        unit : int
+        features : mapping with key ``"images"`` -> ndarray (rows_in_unit, R, R) uint8
+        ok : ndarray (rows_in_unit,) bool, optional
+            False rows are left empty (default: all True).
+        failures : mapping global row -> reason, optional
+
+        Raises
+        ------
+        StoreError
+            Read-only cache, wrong shapes, or rows outside the unit.
+        """
+        if self.mode == "r":
+            raise StoreError(f"Image cache '{self.path}' is open read-only; open it with mode='r+'.")
+        sl = self.unit_slice(unit)
+        rows = sl.stop - sl.start
+        images = np.asarray(features["images"])
+        if images.shape != (rows, self.resolution, self.resolution) or images.dtype != np.uint8:
+            raise StoreError(
+                f"Unit {unit} needs images of shape {(rows, self.resolution, self.resolution)} uint8. "
+                f"Got {images.shape} {images.dtype}."
+            )
+        ok = np.ones(rows, bool) if ok is None else np.asarray(ok, dtype=bool)
+        reasons = np.full(rows, "", dtype=object)
+        for row, why in (failures or {}).items():
+            if not sl.start <= int(row) < sl.stop:
+                raise StoreError(f"Failure row {row} is outside unit {unit} ({sl.start}..{sl.stop - 1}).")
+            reasons[int(row) - sl.start] = str(why).replace("\n", " ")[:500] or "unreadable"
+            ok[int(row) - sl.start] = False
+        self._group["images"][sl] = np.where(ok[:, None, None], images, 0).astype(np.uint8, copy=False)
+        self._group["filled"][sl] = ok
+        self._group["failure"][sl] = reasons
+        self._group["done"][unit] = True
+
+    def read(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Images of ``rows`` as (n, R, R) uint8 (one contiguous slice reads shard by shard)."""
+        return np.asarray(self._group["images"][rows], dtype=np.uint8)
+
+    def failures(self) -> dict[str, str]:
+        """Image id -> reason, for rows recorded as unreadable."""
+        reasons = np.asarray(self._group["failure"][:], dtype=object)
+        bad = np.flatnonzero(reasons != "")
+        ids = self.ids
+        return {str(ids[i]): str(reasons[i]) for i in bad}
+
+    def failure_reasons(self, rows: slice) -> np.ndarray:
+        """(n,) reasons for ``rows`` ("" where the image is present)."""
+        return np.asarray(self._group["failure"][rows], dtype=object)
+
+    def finalize(self) -> None:
+        """Record summary counts (call once, after every writer is done)."""
+        if self.mode == "r":
+            raise StoreError(f"Image cache '{self.path}' is open read-only; open it with mode='r+'.")
+        info = dict(self._group.attrs[_KEY])
+        info.update(
+            n_filled=int(self.filled.sum()), n_failed=len(self.failures()),
+            complete=bool(self.done_units().all()),
+        )
+        self._group.attrs[_KEY] = info
+        self._info = info
+
+    def close(self) -> None:
+        """Release the handle (zarr needs no explicit close; kept for symmetry with the embedding store)."""
+
+    def __enter__(self) -> ImageCache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ImageCache('{self.path}', n_rows={self.n_rows}, resolution={self.resolution})"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
