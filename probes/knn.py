@@ -1,0 +1,104 @@
+"""Cosine k-NN with temperature-weighted votes (DINO's protocol, T = 0.07), multi-label, k chosen on validation.
+
+Train features are L2-normalised into a faiss ``IndexFlatIP`` (exact). Each query's ``max(ks)`` neighbours are
+found once; for every k the score of label c is the vote ``sum_j exp(s_j / T) y_jc / sum_j exp(s_j / T)`` over the
+neighbours whose label c is known — a probability in [0, 1]. Queries go to faiss in batches of at least 256: below
+faiss's BLAS threshold a flat search falls back to a much slower scan.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from probes._common import check_xy, select_best
+from probes.errors import ProbeError
+from probes.metrics import auroc, mean_over_labels
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KS = (10, 20, 100, 200)
+
+
+def _normalise(x) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class KNNProbe:
+    """Temperature-weighted cosine k-NN over the training rows.
+
+    Parameters
+    ----------
+    ks : tuple of int
+        Candidate neighbourhood sizes (clipped to the number of training rows).
+    temperature : float
+    query_batch : int
+        Queries per faiss call (>= 256).
+    """
+
+    kind = "knn"
+
+    def __init__(self, *, ks: tuple[int, ...] = DEFAULT_KS, temperature: float = 0.07, query_batch: int = 4096,
+                 seed: int = 0, device: str = "cpu") -> None:
+        if not ks or min(ks) < 1 or temperature <= 0 or query_batch < 256:
+            raise ProbeError("knn needs ks >= 1, temperature > 0 and query_batch >= 256.")
+        self.ks, self.temperature, self.query_batch, self.seed = tuple(sorted(set(ks))), temperature, query_batch, seed
+
+    def fit(self, x_train, y_train, x_val, y_val) -> KNNProbe:
+        """Index ``x_train (N, D)`` with labels ``y_train (N, K)``; choose k on ``(x_val, y_val)``."""
+        import faiss
+
+        x_train, y_train = check_xy(x_train, y_train, name="train")
+        x_val, y_val = check_xy(x_val, y_val, name="val")
+        self.index_ = faiss.IndexFlatIP(x_train.shape[1])
+        self.index_.add(_normalise(x_train))
+        self.y_train_ = np.asarray(y_train, dtype=np.float32)
+        kmax = min(max(self.ks), x_train.shape[0])
+        ks = sorted({min(k, kmax) for k in self.ks})
+        sims, nbrs = self._search(x_val, kmax)
+        self.results_ = []
+        for k in ks:
+            score = mean_over_labels(auroc(y_val, self._vote(sims[:, :k], nbrs[:, :k])))
+            self.results_.append({"k": k, "temperature": self.temperature, "val_auroc": score})
+        j = select_best(np.array([r["val_auroc"] for r in self.results_]))
+        if not np.isfinite(self.results_[j]["val_auroc"]):
+            raise ProbeError("no label has both classes in the validation split; cannot choose k.")
+        self.k_ = self.results_[j]["k"]
+        self.best_val_auroc_ = float(self.results_[j]["val_auroc"])
+        self.best_params_ = {"k": self.k_, "temperature": self.temperature, "metric": "cosine"}
+        self.history_ = []
+        return self
+
+    def _search(self, x, k: int) -> tuple[np.ndarray, np.ndarray]:
+        xq = _normalise(x)
+        sims = np.empty((xq.shape[0], k), dtype=np.float32)
+        nbrs = np.empty((xq.shape[0], k), dtype=np.int64)
+        for i in range(0, xq.shape[0], self.query_batch):
+            sims[i : i + self.query_batch], nbrs[i : i + self.query_batch] = self.index_.search(
+                xq[i : i + self.query_batch], k)
+        return sims, nbrs
+
+    def _vote(self, sims: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
+        # Subtracting each row's max similarity leaves the normalised weights unchanged and avoids overflow.
+        w = np.exp((sims - sims[:, :1]) / self.temperature)  # (Q, k)
+        y = self.y_train_[nbrs]  # (Q, k, K)
+        known = ~np.isnan(y)
+        num = np.einsum("qj,qjc->qc", w, np.where(known, y, 0.0))
+        den = np.einsum("qj,qjc->qc", w, known.astype(np.float32))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = num / den
+        # No neighbour with a known label: fall back to the training prevalence.
+        prior = np.nanmean(self.y_train_, axis=0)
+        return np.where(den > 0, p, prior[None, :]).astype(np.float32)
+
+    def predict_proba(self, x) -> np.ndarray:
+        """(N, K) vote fractions of the chosen k."""
+        sims, nbrs = self._search(np.asarray(x), self.k_)
+        return self._vote(sims, nbrs)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What the head needs besides the training features themselves: their labels and (k, T)."""
+        return {"train_labels": self.y_train_, "k": np.array([self.k_], dtype=np.int64),
+                "temperature": np.array([self.temperature], dtype=np.float32)}

@@ -1,0 +1,144 @@
+"""One probe run on arrays: split handling, label-fraction subsampling, fit, thresholds on val, test evaluation.
+
+The test split is touched exactly once, after the head and its thresholds are fixed: selection (grid head, epoch,
+C, k) and Youden thresholds use the validation split only.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from probes.bootstrap import BootstrapPlan, ids_hash
+from probes.errors import ProbeError
+from probes.evaluate import Evaluation, evaluate
+from probes.heads import Probe, make_probe
+from probes.metrics import ThresholdMode, youden_thresholds
+from probes.splits import subsample_train
+
+logger = logging.getLogger(__name__)
+
+
+def canonical_test_rows(ids: Sequence[str], split: np.ndarray) -> np.ndarray:
+    """Indices of the test rows sorted by id: the order bootstrap plans refer to, whatever the store's row order."""
+    ids = np.asarray(ids).astype(str)
+    rows = np.flatnonzero(np.asarray(split).astype(str) == "test")
+    return rows[np.argsort(ids[rows], kind="stable")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """Everything one run produced.
+
+    Attributes
+    ----------
+    head : Probe (fitted)
+    label_names : list[str] (K)
+    label_fraction : float
+    seed : int
+    n_train, n_val, n_test : int
+    test_rows : ndarray (T,) indices of the test rows in canonical (id-sorted) order
+    scores : ndarray (N, K) probabilities for every row
+    thresholds : ndarray (K,) chosen on validation (Youden's J)
+    evaluation : Evaluation (test split)
+    timings : dict[str, float] seconds per stage
+    """
+
+    head: Probe
+    label_names: list[str]
+    label_fraction: float
+    seed: int
+    n_train: int
+    n_val: int
+    n_test: int
+    test_rows: np.ndarray
+    scores: np.ndarray
+    thresholds: np.ndarray
+    evaluation: Evaluation
+    timings: dict = field(default_factory=dict)
+
+
+def run_probe(
+    x,
+    y,
+    *,
+    split: np.ndarray,
+    ids: Sequence[str],
+    head: str = "linear",
+    label_names: Sequence[str] | None = None,
+    groups: Sequence | None = None,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    plan: BootstrapPlan | None = None,
+    threshold_mode: ThresholdMode = "val",
+    device: str = "cpu",
+    head_options: dict | None = None,
+) -> RunResult:
+    """Fit a head on the train split, select and threshold on val, evaluate on test.
+
+    Parameters
+    ----------
+    x : array (N, D) float
+        Features of every row.
+    y : array (N, K) float
+        Labels, NaN = unknown.
+    split : array (N,) of str
+        ``"train"``, ``"val"``, ``"test"`` (other values are ignored rows). All three must be non-empty.
+    ids : sequence (N,) of str
+    head : {"linear", "mlp", "knn", "sklearn"}
+    label_names : sequence (K,), optional
+    groups : sequence (N,), optional
+        Patient ids (label-fraction subsampling is by patient).
+    label_fraction : float in (0, 1]
+        Fraction of training patients used.
+    seed : int
+        Seeds the head and the subsample.
+    plan : BootstrapPlan, optional
+        Resamples of the canonical test rows; its ``ids_sha256`` must match them.
+    threshold_mode : {"val", "youden-test"}
+    device : str
+    head_options : dict, optional
+        Passed to ``make_probe``.
+
+    Returns
+    -------
+    RunResult
+    """
+    t_all = time.perf_counter()
+    y = np.asarray(y, dtype=np.float32)
+    split = np.asarray(split).astype(str)
+    n = y.shape[0]
+    if split.shape != (n,) or len(ids) != n or np.shape(x)[0] != n:
+        raise ProbeError(f"features, labels, split and ids must have the same number of rows; got "
+                         f"{np.shape(x)[0]}, {n}, {split.shape[0]}, {len(ids)}.")
+    names = list(label_names) if label_names is not None else [str(k) for k in range(y.shape[1])]
+    train = subsample_train(split, fraction=label_fraction, groups=groups, seed=seed)
+    val = split == "val"
+    test_rows = canonical_test_rows(ids, split)
+    for name, count in (("train", train.sum()), ("val", val.sum()), ("test", test_rows.size)):
+        if count == 0:
+            raise ProbeError(f"the {name} split is empty. Check the store's split array or --label-fraction.")
+    if plan is not None and plan.ids_sha256 and plan.ids_sha256 != ids_hash(np.asarray(ids).astype(str)[test_rows]):
+        raise ProbeError("the bootstrap plan was made for another test set. Use the plan of this test set.")
+    tr, va = np.flatnonzero(train), np.flatnonzero(val)
+    x = np.asarray(x)
+    timings = {}
+    t0 = time.perf_counter()
+    probe = make_probe(head, seed=seed, device=device, **(head_options or {}))
+    probe.fit(x[tr], y[tr], x[va], y[va])
+    timings["fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = probe.predict_proba(x)
+    timings["predict_s"] = time.perf_counter() - t0
+    thresholds = youden_thresholds(y[va], scores[va])
+    t0 = time.perf_counter()
+    ev = evaluate(y[test_rows], scores[test_rows], plan=plan, thresholds=thresholds, threshold_mode=threshold_mode,
+                  label_names=names)
+    timings["evaluate_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_all
+    return RunResult(head=probe, label_names=names, label_fraction=label_fraction, seed=seed, n_train=int(tr.size),
+                     n_val=int(va.size), n_test=int(test_rows.size), test_rows=test_rows, scores=scores,
+                     thresholds=thresholds, evaluation=ev, timings=timings)
