@@ -1,8 +1,168 @@
-"""Placeholder: filled in by the issue that owns this command group."""
+"""``embedkit extract`` and ``embedkit cache-images``: thin wrappers over :mod:`embedkit.extract.run`.
+
+Progress (img/s, ETA) goes to stderr on rank 0; the summary to stdout (``--json``: one document). Errors from the
+library become ``error: <msg>`` + exit 2 in ``embedkit.cli.main``; ``--strict`` turns unreadable images into exit 1.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
+from embedkit.cli._common import bad_parameter, err_console, print_json
+
+_DATA_HELP = "Manifest CSV, ADAPTER:ROOT (nih, chexpert, mimic, padchest, vindr, vindr-pcxr) or an image cache (.zarr)."
+
+
+def _split_list(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def _labels_arg(text: str):
+    return text if text in ("full", "paper") else _split_list(text)
+
+
+class _Progress:
+    """A rich progress bar on stderr, shown by rank 0 only."""
+
+    def __init__(self, description: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar = None
+        self._task = None
+        self.description = description
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=err_console(), transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=max(total, 1), rate="")
+        task = self._bar.tasks[0]
+        speed = task.speed
+        self._bar.update(self._task, completed=done, rate=f"{speed:.1f} img/s" if speed else "")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _summary(report, *, as_json: bool, strict: bool, verb: str) -> None:
+    import sys
+
+    d = report.as_dict()
+    # The store keeps every failure; the summary shows the first 100 (a bad mount can fail 800k rows).
+    d["failures"] = dict(list(d["failures"].items())[:100])
+    if as_json:
+        print_json(d)
+    else:
+        gpu = f", GPU max allocated {d['gpu_max_allocated_mb']:.0f} MiB" if d["gpu_max_allocated_mb"] is not None else ""
+        typer.echo(
+            f"{verb} {d['out']}: done {d['done']}, failed {d['failed']}, skipped {d['skipped']} "
+            f"(store: {d['store_filled']}/{d['rows_total']} filled, {d['store_failed']} failed"
+            f"{'' if d['complete'] else ', INCOMPLETE'}); {d['img_per_s']:.1f} img/s on {d['device']} "
+            f"({d['precision']}); peak RSS {d['peak_rss_mb']:.0f} MiB (workers {d['peak_rss_workers_mb']:.0f}){gpu}"
+        )
+    if d["store_failed"]:
+        shown = list(d["failures"].items())[:5]
+        more = d["store_failed"] - len(shown)
+        sys.stderr.write(
+            f"warning: {d['store_failed']} image(s) could not be read; their rows stay empty and the reasons are "
+            "recorded in the store: " + "; ".join(f"{k}: {v}" for k, v in shown) + (f"; ... {more} more" if more > 0 else "")
+            + "\n"
+        )
+        if strict:
+            raise typer.Exit(1)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``extract`` and ``cache-images`` to ``app``."""
+
+    @app.command("extract")
+    def extract_cmd(
+        model: str = typer.Option(..., "--model", "-m", help="Registry name, hub id, timm:NAME, a directory or a checkpoint."),
+        res: int = typer.Option(..., "--res", "-r", help="Square input resolution in pixels."),
+        data: str = typer.Option(..., "--data", "-d", help=_DATA_HELP),
+        out: str = typer.Option(..., "--out", "-o", help="Store directory (.zarr); re-running resumes it."),
+        features: Optional[str] = typer.Option(None, "--features", help="Comma-separated views, e.g. cls,mean_patch."),
+        preprocess: str = typer.Option("model", "--preprocess", help="Preset: model | paper."),
+        resize: str = typer.Option("pad", "--resize", help="pad (keep aspect) | stretch."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: automatic)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | bf16-weights (7B: weights in bf16 too)."),
+        dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 | float32."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
+        labels: str = typer.Option("full", "--labels", help="full | paper | comma-separated label names."),
+        uncertain: str = typer.Option("zeros", "--uncertain", help="zeros | ones | ignore (CheXpert-style -1 labels)."),
+        views: str = typer.Option("frontal", "--views", help="frontal | all."),
+        split: Optional[str] = typer.Option(None, "--split", help="official | patient:SEED:TRAIN,VAL,TEST."),
+        rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per work unit of a new store."),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+        strict: bool = typer.Option(False, "--strict", help="Exit 1 if any image could not be read."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Embed every image of DATA with MODEL into a Zarr store (resumable; torchrun/Slurm scale-out)."""
+        if batch_size < 1:
+            raise bad_parameter("batch_size", "extract", "an int >= 1", batch_size)
+        from embedkit.extract.dist import detect_env
+        from embedkit.extract.run import run_extract
+
+        env = detect_env()
+        bar = _Progress("extract", env.is_main)
+        try:
+            report = run_extract(
+                model, data, out, res=res, features=_split_list(features), preprocess=preprocess, resize=resize,
+                batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
+                limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
+                compile=compile, rows_per_shard=rows_per_shard, progress=bar, env=env,
+            )
+        finally:
+            bar.close()
+        if env.is_main:
+            _summary(report, as_json=as_json, strict=strict, verb="extracted")
+
+    @app.command("cache-images")
+    def cache_images_cmd(
+        data: str = typer.Option(..., "--data", "-d", help=_DATA_HELP),
+        res: int = typer.Option(..., "--res", "-r", help="Square resolution in pixels."),
+        out: str = typer.Option(..., "--out", "-o", help="Cache directory (.zarr); re-running resumes it."),
+        preprocess: str = typer.Option("model", "--preprocess", help="Preset: model | paper."),
+        resize: str = typer.Option("pad", "--resize", help="pad (keep aspect) | stretch."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per worker batch."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: automatic)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
+        labels: str = typer.Option("full", "--labels", help="full | paper | comma-separated label names."),
+        uncertain: str = typer.Option("zeros", "--uncertain", help="zeros | ones | ignore."),
+        views: str = typer.Option("frontal", "--views", help="frontal | all."),
+        split: Optional[str] = typer.Option(None, "--split", help="official | patient:SEED:TRAIN,VAL,TEST."),
+        unit_rows: int = typer.Option(256, "--unit-rows", help="Images per work unit (shard)."),
+        strict: bool = typer.Option(False, "--strict", help="Exit 1 if any image could not be read."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Decode and preprocess DATA once into uint8 images (N, R, R) that 'extract --data CACHE' reads directly."""
+        from embedkit.extract.dist import detect_env
+        from embedkit.extract.run import run_cache_images
+
+        env = detect_env()
+        bar = _Progress("cache-images", env.is_main)
+        try:
+            report = run_cache_images(
+                data, out, res=res, preprocess=preprocess, resize=resize, batch_size=batch_size, workers=workers,
+                limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
+                unit_rows=unit_rows, progress=bar, env=env,
+            )
+        finally:
+            bar.close()
+        if env.is_main:
+            _summary(report, as_json=as_json, strict=strict, verb="cached")

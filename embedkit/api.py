@@ -1,0 +1,150 @@
+"""Python API for notebooks, mirroring the CLI: ``extract`` and ``cache_images``.
+
+>>> import embedkit.api as ek                                                  # doctest: +SKIP
+>>> st = ek.extract("dinov3-vitb16", "nih:/data/nih", "runs/nih_b16.zarr", res=512)  # doctest: +SKIP
+>>> X = st.load("cls", split="train")                                          # doctest: +SKIP
+
+Both calls resume an interrupted run when given the same arguments, and may run under torchrun (each rank calls
+the same function). They return the opened result, read-only.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from embedkit.errors import ExtractionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stores import EmbeddingStore
+    from stores.image_cache import ImageCache
+
+__all__ = ["extract", "cache_images"]
+
+
+def extract(
+    model: str,
+    data: str,
+    out: str | Path,
+    *,
+    res: int,
+    features: Sequence[str] | None = None,
+    preprocess: Literal["model", "paper"] = "model",
+    resize: Literal["pad", "stretch"] = "pad",
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto",
+    dtype: Literal["float16", "float32"] = "float16",
+    limit: int | None = None,
+    labels: str | Sequence[str] = "full",
+    uncertain: str = "zeros",
+    views: str = "frontal",
+    split: str | None = None,
+    compile: bool = False,
+    strict: bool = False,
+    rows_per_shard: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbeddingStore:
+    """Embed DATA with MODEL into the store OUT; the same as ``embedkit extract``.
+
+    Parameters
+    ----------
+    model : str
+        Registry name (``dinov3-vitb16``), hub id, ``timm:NAME``, a ``save_pretrained`` directory or a checkpoint.
+    data : str
+        Manifest CSV, ``ADAPTER:ROOT`` or an image cache written by :func:`cache_images`.
+    out : str or Path
+        Store directory; an existing one with the same provenance is resumed, another is refused.
+    res : int
+        Square input resolution R.
+    features : sequence of str, optional
+        Views such as ``["cls", "mean_patch"]`` (default: the backbone family's defaults).
+    strict : bool
+        Raise :class:`ExtractionError` after the run if any image was unreadable.
+    progress : callable(done, total), optional
+        Called after each batch.
+    Other parameters : see ``embedkit extract --help``.
+
+    Returns
+    -------
+    EmbeddingStore
+        Opened read-only; rows (N, D_view) per view, labels (N, K), split, metadata.
+
+    Raises
+    ------
+    ExtractionError, ModelError, DataError, ProvenanceMismatchError
+    """
+    from embedkit.extract.run import run_extract
+    from stores import EmbeddingStore
+
+    report = run_extract(
+        model, data, out, res=res, features=features, preprocess=preprocess, resize=resize, batch_size=batch_size,
+        workers=workers, device=device, precision=precision, dtype=dtype, limit=limit, labels=labels,
+        uncertain=uncertain, views=views, split=split, compile=compile, rows_per_shard=rows_per_shard,
+        progress=progress,
+    )
+    _strict(report, strict)
+    return EmbeddingStore.open(out)
+
+
+def cache_images(
+    data: str,
+    out: str | Path,
+    *,
+    res: int,
+    preprocess: Literal["model", "paper"] = "model",
+    resize: Literal["pad", "stretch"] = "pad",
+    batch_size: int = 32,
+    workers: int | None = None,
+    limit: int | None = None,
+    labels: str | Sequence[str] = "full",
+    uncertain: str = "zeros",
+    views: str = "frontal",
+    split: str | None = None,
+    unit_rows: int = 256,
+    strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImageCache:
+    """Decode and preprocess DATA once into an image cache (N, R, R) uint8; the same as ``embedkit cache-images``.
+
+    Parameters
+    ----------
+    data : str
+        Manifest CSV or ``ADAPTER:ROOT``.
+    out : str or Path
+        Cache directory; re-running resumes it.
+    res : int
+        Square resolution R.
+    unit_rows : int
+        Images per work unit (one shard).
+    Other parameters : as :func:`extract`.
+
+    Returns
+    -------
+    ImageCache
+        Opened read-only.
+
+    Raises
+    ------
+    ExtractionError, DataError, ProvenanceMismatchError
+    """
+    from embedkit.extract.run import run_cache_images
+    from stores.image_cache import ImageCache
+
+    report = run_cache_images(
+        data, out, res=res, preprocess=preprocess, resize=resize, batch_size=batch_size, workers=workers,
+        limit=limit, labels=labels, uncertain=uncertain, views=views, split=split, unit_rows=unit_rows,
+        progress=progress,
+    )
+    _strict(report, strict)
+    return ImageCache.open(out)
+
+
+def _strict(report, strict: bool) -> None:
+    if strict and report.store_failed:
+        first = next(iter(report.failures.items()), ("?", "?"))
+        raise ExtractionError(
+            f"{report.store_failed} image(s) could not be read (first: {first[0]}: {first[1]}); "
+            "fix or drop them from the manifest, or pass strict=False to keep going."
+        )

@@ -1,0 +1,241 @@
+"""Orchestration of ``extract`` and ``cache-images``: source -> (backbone) -> store, across ranks, resumable.
+
+Both commands share the same steps: resolve the source, build the provenance, let rank 0 create (or reopen) the
+sink while the others wait, take this rank's pending units, run the engine, wait for every rank, let rank 0
+finalise. Re-running the same command therefore resumes: finished units are skipped by the ledger.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import resource
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from embedkit.errors import ExtractionError
+from embedkit.extract.dist import DistEnv, ProcessGroup, detect_env
+
+logger = logging.getLogger(__name__)
+
+#: progress(rows_mapped_so_far, rows_to_map) -- called on the main thread after each batch.
+ProgressHook = Callable[[int, int], None]
+
+
+@dataclass
+class ExtractReport:
+    """What one process did, plus the store's totals (read after every rank finished).
+
+    Attributes
+    ----------
+    out : Path
+    rank, world_size : int
+    rows_total : int
+        Rows in the store.
+    done, failed : int
+        Rows this process mapped successfully / found unreadable.
+    skipped : int
+        Rows in units already finished before this run (all ranks' view of the ledger at start).
+    seconds, img_per_s : float
+    peak_rss_mb : float
+        Peak resident memory of this process (MiB).
+    peak_rss_workers_mb : float
+        Largest peak among the finished loader worker processes (MiB).
+    gpu_max_allocated_mb : float or None
+    store_filled, store_failed : int
+        Totals in the store at the end.
+    failures : dict of id -> reason
+        Unreadable images recorded in the store.
+    device, precision : str
+    """
+
+    out: Path
+    rank: int
+    world_size: int
+    rows_total: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    img_per_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_rss_workers_mb: float = 0.0
+    gpu_max_allocated_mb: float | None = None
+    store_filled: int = 0
+    store_failed: int = 0
+    complete: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def as_dict(self) -> dict:
+        """JSON-able summary (what ``--json`` prints)."""
+        d = dict(self.__dict__)
+        d["out"] = str(self.out)
+        return d
+
+
+def resolve_device(device: str, env: DistEnv) -> Any:
+    """``auto`` -> CUDA if available, else CPU; each rank uses ``cuda:LOCAL_RANK``.
+
+    Raises
+    ------
+    ExtractionError
+        ``cuda`` asked for where there is none, or an unknown name.
+    """
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ExtractionError(f"The 'device' parameter of extract must be 'auto', 'cpu' or 'cuda'. Got {device!r}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ExtractionError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+        return torch.device("cuda", env.local_rank % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+def default_workers(kind: str) -> int:
+    """Loader workers: decoding needs cores; cache reads need one process ahead of the model."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if kind == "cache" else max(1, min(8, cpus - 1))
+
+
+def _check_int(name: str, value: Any, lo: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ExtractionError(f"The '{name}' parameter of extract must be an int >= {lo}. Got {value!r}.")
+    return value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def open_sink(make: Callable[[], Any], reopen: Callable[[], Any], group: ProcessGroup) -> Any:
+    """Rank 0 runs ``make`` (create or resume); the others ``reopen`` after it succeeded.
+
+    A failure on rank 0 (say, a provenance mismatch) is broadcast so that no rank waits at a barrier forever.
+    """
+    sink, error = None, None
+    if group.env.is_main:
+        try:
+            sink = make()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = exc
+    if not group.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise ExtractionError("Rank 0 could not open the output; see its error message.")
+    if not group.env.is_main:
+        sink = reopen()
+    return sink
+
+
+def run_sink(
+    sink: Any,
+    *,
+    source: Any,
+    mapper: Any,
+    resolution: int,
+    preset: Any,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    lag: int,
+    env: DistEnv,
+    progress: ProgressHook | None,
+) -> tuple[Any, int]:
+    """Run this rank's pending units of ``sink``; returns (RunStats, rows skipped as already done)."""
+    from embedkit.extract.engine import run_units
+    from embedkit.extract.reader import CacheBatches, FileBatches, make_loader, plan_batches
+
+    units = sink.pending_units(env.rank, env.world_size)
+    done = sink.done_units()
+    n_units = len(done)
+    skipped = sum(_rows(sink.unit_slice(u)) for u in range(n_units) if done[u])
+    plan = plan_batches([(u, sink.unit_slice(u)) for u in units], batch_size)
+    total = sum(_rows(sink.unit_slice(u)) for u in units)
+    if source.kind == "cache":
+        dataset = CacheBatches(plan, source.cache_path)
+    else:
+        dataset = FileBatches(plan, source.paths, preset, resolution)
+    loader = make_loader(dataset, workers=min(workers, len(plan)), pin_memory=pin_memory)
+    seen = 0
+
+    def on_rows(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if progress is not None:
+            progress(seen, total)
+
+    if progress is not None:
+        progress(0, total)
+    stats = run_units(loader, mapper, sink, lag=lag, on_rows=on_rows)
+    return stats, skipped
+
+
+def _rows(sl: slice) -> int:
+    return sl.stop - sl.start
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(this process, largest finished child) peak RSS in MiB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, kids
+
+
+def validate_common(*, resolution: int, batch_size: int, workers: int | None, dtype: str | None = None) -> None:
+    """Argument checks shared by extract and cache-images (scikit-learn-style messages)."""
+    _check_int("res", resolution, 8)
+    _check_int("batch_size", batch_size)
+    if workers is not None:
+        _check_int("workers", workers, 0)
+    if dtype is not None and dtype not in ("float16", "float32"):
+        raise ExtractionError(f"The 'dtype' parameter of extract must be 'float16' or 'float32'. Got {dtype!r}.")
+
+
+def make_preset_for(preprocess: str, *, resolution: int, mean: Sequence[float], std: Sequence[float],
+                    resize: Literal["pad", "stretch"]) -> Any:
+    """The data layer's preset, with our argument names checked first."""
+    from embedkit.data import make_preset
+
+    if preprocess not in ("model", "paper"):
+        raise ExtractionError(f"The 'preprocess' parameter of extract must be 'model' or 'paper'. Got {preprocess!r}.")
+    if resize not in ("pad", "stretch"):
+        raise ExtractionError(f"The 'resize' parameter of extract must be 'pad' or 'stretch'. Got {resize!r}.")
+    if preprocess == "paper":
+        # The reference protocol feeds x/255 on three channels, without mean/std and always stretched.
+        return make_preset("paper", resolution=resolution)
+    return make_preset(preprocess, resolution=resolution, mean=tuple(mean), std=tuple(std), resize=resize)
+
+
+def preset_block(preprocess: str, preset: Any) -> dict:
+    """Provenance block of a preset: its name plus every parameter."""
+    params = dict(preset.params())
+    params.setdefault("preset", preprocess)
+    return params
+
+
+def base_provenance() -> dict:
+    """Keys every provenance document carries."""
+    from embedkit import __version__
+
+    return {"embedkit_version": __version__, "created": _now()}
+
+
+def gpu_peak_mb(device: Any) -> float | None:
+    """torch.cuda.max_memory_allocated on ``device`` in MiB (None on CPU)."""
+    import torch
+
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def new_group(env: DistEnv | None, device_type: str) -> ProcessGroup:
+    """The barrier group for this run."""
+    return ProcessGroup(env or detect_env(), device=device_type)

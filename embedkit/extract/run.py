@@ -1,0 +1,276 @@
+"""The two entry points behind ``embedkit extract`` and ``embedkit cache-images`` (and :mod:`embedkit.api`)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from embedkit.errors import ExtractionError
+from embedkit.extract import pipeline as P
+from embedkit.extract.dist import DistEnv, detect_env
+from embedkit.extract.source import check_cache_matches, open_source, uint8_params
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def run_extract(
+    model: str | Any,
+    data: str,
+    out: str | Path,
+    *,
+    res: int,
+    features: Sequence[str] | None = None,
+    preprocess: Literal["model", "paper"] = "model",
+    resize: Literal["pad", "stretch"] = "pad",
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto",
+    dtype: Literal["float16", "float32"] = "float16",
+    limit: int | None = None,
+    labels: str | Sequence[str] = "full",
+    uncertain: str = "zeros",
+    views: str = "frontal",
+    split: str | None = None,
+    compile: bool = False,
+    rows_per_shard: int | None = None,
+    progress: P.ProgressHook | None = None,
+    env: DistEnv | None = None,
+) -> P.ExtractReport:
+    """Embed every pending row of DATA with MODEL into the store at OUT (resumable, multi-rank).
+
+    Parameters
+    ----------
+    model : str or Backbone
+        Registry name, hub id, ``timm:NAME``, a ``save_pretrained`` directory or a checkpoint file; or an already
+        loaded backbone (then ``device``/``precision``/``features`` are the backbone's own).
+    data : str
+        Manifest CSV, ``ADAPTER:ROOT`` or an image cache directory.
+    out : str or Path
+        Store directory; an existing store with the same provenance is resumed.
+    res : int
+        Square input side R.
+    features : sequence of str, optional
+        Feature views (default: the backbone family's defaults).
+    preprocess, resize : str
+        Preset name and how non-square images become square.
+    batch_size, workers : int
+        Images per forward; loader processes (None = automatic).
+    device, precision : str
+        ``auto`` picks CUDA + bf16 autocast when a GPU is present, else CPU + fp32; ``bf16-weights`` also casts
+        the weights to bf16 (halves memory; for the 7B).
+    dtype : {"float16", "float32"}
+        Stored dtype of the features.
+    limit : int, optional
+        First N rows only.
+    labels, uncertain, views, split
+        Manifest policies (ignored for image caches, where they were fixed at cache time).
+    compile : bool
+        ``torch.compile`` the backbone's forward.
+    rows_per_shard : int, optional
+        Rows per work unit of a new store (the store's default otherwise).
+    progress : callable(done, total), optional
+    env : DistEnv, optional
+        Rank layout (default: read from torchrun/Slurm variables).
+
+    Returns
+    -------
+    ExtractReport
+
+    Raises
+    ------
+    ExtractionError, ModelError, DataError, ProvenanceMismatchError
+    """
+    import torch
+
+    from embedkit.backbones import load_backbone
+    from stores import EmbeddingStore
+
+    P.validate_common(resolution=res, batch_size=batch_size, workers=workers, dtype=dtype)
+    if precision not in ("auto", "fp32", "bf16", "bf16-weights"):
+        raise ExtractionError("The 'precision' parameter of extract must be 'auto', 'fp32', 'bf16' or 'bf16-weights'. "
+                              f"Got {precision!r}.")
+    env = env or detect_env()
+    loaded = hasattr(model, "embed")
+    dev = model.device if loaded else P.resolve_device(device, env)
+    source = open_source(data, labels=labels, uncertain=uncertain, views=views, split=split, limit=limit)
+    bb = model if loaded else load_backbone(model, device=dev, precision=precision,
+                                            features=list(features) if features else None)
+    if compile:
+        _compile(bb)
+    preset = P.make_preset_for(preprocess, resolution=res, mean=bb.spec.mean, std=bb.spec.std, resize=resize)
+    pre_block = P.preset_block(preprocess, preset)
+    check_cache_matches(source, resolution=res, preprocess=pre_block)
+    used_precision = _precision_label(bb, dev)
+    provenance = {
+        "backbone": bb.provenance(),
+        "resolution": int(res),
+        "preprocess": pre_block,
+        "views": {k: {"dim": int(d), "definition": bb.view_definitions.get(k, k)} for k, d in bb.views.items()},
+        "dtype": dtype,
+        "precision": used_precision,
+        "dataset": dict(source.spec, n_rows=source.n_rows),
+        **P.base_provenance(),
+    }
+    create_kwargs = dict(
+        ids=list(source.ids), views=dict(bb.views), provenance=provenance, labels=source.labels,
+        label_names=source.label_names or None, split=None if source.split is None else list(source.split),
+        metadata=source.metadata or None, dtype=dtype, rank=0, world_size=env.world_size,
+    )
+    if rows_per_shard is not None:
+        P.validate_common(resolution=res, batch_size=rows_per_shard, workers=None)
+        create_kwargs.update(rows_per_shard=rows_per_shard, rows_per_chunk=_chunk_rows(rows_per_shard))
+    out = Path(out)
+    workers = P.default_workers(source.kind) if workers is None else workers
+    with P.new_group(env, dev.type) as group:
+        store = P.open_sink(
+            lambda: EmbeddingStore.open_or_create(out, **create_kwargs),
+            lambda: EmbeddingStore.open(out, "r+", rank=env.rank, world_size=env.world_size),
+            group,
+        )
+        from embedkit.extract.mapper import EmbedMapper
+
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        mapper = EmbedMapper(bb, preset, dev)
+        t0 = time.perf_counter()
+        stats, skipped = P.run_sink(
+            store, source=source, mapper=mapper, resolution=res, preset=preset, batch_size=batch_size,
+            workers=workers, pin_memory=dev.type == "cuda", lag=1 if dev.type == "cuda" else 0, env=env,
+            progress=progress,
+        )
+        seconds = time.perf_counter() - t0
+        group.barrier()
+        if env.is_main:
+            store.finalize()
+        report = _report(out, env, store, stats, skipped, seconds, dev, used_precision)
+        store.close()
+        group.barrier()
+    return report
+
+
+def run_cache_images(
+    data: str,
+    out: str | Path,
+    *,
+    res: int,
+    preprocess: Literal["model", "paper"] = "model",
+    resize: Literal["pad", "stretch"] = "pad",
+    batch_size: int = 32,
+    workers: int | None = None,
+    limit: int | None = None,
+    labels: str | Sequence[str] = "full",
+    uncertain: str = "zeros",
+    views: str = "frontal",
+    split: str | None = None,
+    unit_rows: int = 256,
+    progress: P.ProgressHook | None = None,
+    env: DistEnv | None = None,
+) -> P.ExtractReport:
+    """Decode + preprocess DATA once into an image cache at OUT (resumable, multi-rank).
+
+    Parameters are those of :func:`run_extract` that concern the images; ``unit_rows`` is the cache's work unit.
+
+    Returns
+    -------
+    ExtractReport
+
+    Raises
+    ------
+    ExtractionError, DataError, ProvenanceMismatchError
+    """
+    import torch
+
+    from embedkit.extract.engine import ImageMapper
+    from stores.image_cache import ImageCache
+
+    P.validate_common(resolution=res, batch_size=batch_size, workers=workers)
+    env = env or detect_env()
+    source = open_source(data, labels=labels, uncertain=uncertain, views=views, split=split, limit=limit)
+    if source.kind == "cache":
+        raise ExtractionError(f"'{data}' is already an image cache; pass the manifest it was written from.")
+    # mean/std only matter to to_tensor, which a cache never applies; they are left out of its provenance.
+    preset = P.make_preset_for(preprocess, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=resize)
+    provenance = {
+        "kind": "image_cache",
+        "resolution": int(res),
+        "preprocess": uint8_params(P.preset_block(preprocess, preset)),
+        "dataset": dict(source.spec, n_rows=source.n_rows),
+        **P.base_provenance(),
+    }
+    create_kwargs = dict(
+        ids=list(source.ids), resolution=res, provenance=provenance, labels=source.labels,
+        label_names=source.label_names or None, split=None if source.split is None else list(source.split),
+        metadata=source.metadata or None, unit_rows=unit_rows,
+    )
+    out = Path(out)
+    workers = P.default_workers("files") if workers is None else workers
+    dev = torch.device("cpu")
+    with P.new_group(env, "cpu") as group:
+        cache = P.open_sink(
+            lambda: ImageCache.open_or_create(out, **create_kwargs),
+            lambda: ImageCache.open(out, "r+"),
+            group,
+        )
+        t0 = time.perf_counter()
+        stats, skipped = P.run_sink(
+            cache, source=source, mapper=ImageMapper(res), resolution=res, preset=preset, batch_size=batch_size,
+            workers=workers, pin_memory=False, lag=0, env=env, progress=progress,
+        )
+        seconds = time.perf_counter() - t0
+        group.barrier()
+        if env.is_main:
+            cache.finalize()
+        report = _report(out, env, cache, stats, skipped, seconds, dev, "none")
+        group.barrier()
+    return report
+
+
+def _report(out, env, sink, stats, skipped, seconds, dev, precision) -> P.ExtractReport:
+    own, kids = P.peak_rss_mb()
+    failures = sink.failures()
+    filled = sink.filled
+    return P.ExtractReport(
+        out=out, rank=env.rank, world_size=env.world_size, rows_total=int(sink.n_rows),
+        done=stats.rows_done, failed=stats.rows_failed, skipped=int(skipped), seconds=seconds,
+        img_per_s=(stats.rows_done + stats.rows_failed) / seconds if seconds > 0 else 0.0,
+        peak_rss_mb=own, peak_rss_workers_mb=kids, gpu_max_allocated_mb=P.gpu_peak_mb(dev),
+        store_filled=int(filled.sum()), store_failed=len(failures), complete=bool(sink.done_units().all()),
+        failures=failures, device=str(dev), precision=precision,
+    )
+
+
+def _chunk_rows(rows_per_shard: int) -> int:
+    """Chunk rows dividing a user-chosen shard: ~1k-row chunks (fast whole reads) when the shard is bigger."""
+    for rows in (1024, 512, 256, 128, 64):
+        if rows_per_shard > rows and rows_per_shard % rows == 0:
+            return rows
+    return rows_per_shard
+
+
+def _precision_label(bb, dev) -> str:
+    from embedkit.backbones.base import PRECISION_LABELS
+
+    label = getattr(bb, "precision", None)
+    if isinstance(label, str) and label:
+        return PRECISION_LABELS.get(label, label)
+    return "bf16-autocast" if dev.type == "cuda" else "fp32"
+
+
+def _compile(bb) -> None:
+    """torch.compile the module behind the backbone (dynamic=False: one resolution per run)."""
+    import torch
+
+    module = getattr(bb, "module", None) or getattr(bb, "model", None)
+    if module is None:
+        raise ExtractionError("This backbone does not expose its module; run without --compile.")
+    compiled = torch.compile(module, dynamic=False)
+    for attr in ("module", "model"):
+        if getattr(bb, attr, None) is module:
+            setattr(bb, attr, compiled)
+            return
