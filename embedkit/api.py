@@ -45,6 +45,7 @@ def extract(
     strict: bool = False,
     rows_per_shard: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    allow_download: bool = False,
 ) -> EmbeddingStore:
     """Embed DATA with MODEL into the store OUT; the same as ``embedkit extract``.
 
@@ -64,6 +65,8 @@ def extract(
         Raise :class:`ExtractionError` after the run if any image was unreadable.
     progress : callable(done, total), optional
         Called after each batch.
+    allow_download : bool
+        Fetch missing weights from the hub (only when ``HF_HUB_OFFLINE`` is unset); off by default.
     Other parameters : see ``embedkit extract --help``.
 
     Returns
@@ -82,7 +85,7 @@ def extract(
         model, data, out, res=res, features=features, preprocess=preprocess, resize=resize, batch_size=batch_size,
         workers=workers, device=device, precision=precision, dtype=dtype, limit=limit, labels=labels,
         uncertain=uncertain, views=views, split=split, compile=compile, rows_per_shard=rows_per_shard,
-        progress=progress,
+        progress=progress, allow_download=allow_download,
     )
     _strict(report, strict)
     return EmbeddingStore.open(out)

@@ -113,7 +113,7 @@ def weights_missing(spec: BackboneSpec, repo: str, files: tuple[str, ...], *, wh
                 f".pth from Meta's form ({META_DINOV3_FORM}) and pass `--model FILE.pth`.")
     else:
         msg += f" Run `hf download {repo} --local-dir D` and pass `--model D`,"
-        msg += " or allow downloads (allow_download=True) with HF_HUB_OFFLINE unset."
+        msg += " or pass --download (allow_download=True) with HF_HUB_OFFLINE unset."
     return WeightsNotFoundError(msg)
 
 

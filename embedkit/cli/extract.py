@@ -110,6 +110,7 @@ def register(app: typer.Typer) -> None:
         rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per work unit of a new store."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 if any image could not be read."),
+        download: bool = typer.Option(False, "--download", help="Fetch missing weights from the hub (needs HF_HUB_OFFLINE unset)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Embed every image of DATA with MODEL into a Zarr store (resumable; torchrun/Slurm scale-out)."""
@@ -125,7 +126,7 @@ def register(app: typer.Typer) -> None:
                 model, data, out, res=res, features=_split_list(features), preprocess=preprocess, resize=resize,
                 batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
                 limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
-                compile=compile, rows_per_shard=rows_per_shard, progress=bar, env=env,
+                compile=compile, rows_per_shard=rows_per_shard, progress=bar, env=env, allow_download=download,
             )
         finally:
             bar.close()

@@ -41,6 +41,7 @@ def run_extract(
     rows_per_shard: int | None = None,
     progress: P.ProgressHook | None = None,
     env: DistEnv | None = None,
+    allow_download: bool = False,
 ) -> P.ExtractReport:
     """Embed every pending row of DATA with MODEL into the store at OUT (resumable, multi-rank).
 
@@ -100,7 +101,8 @@ def run_extract(
     dev = model.device if loaded else P.resolve_device(device, env)
     source = open_source(data, labels=labels, uncertain=uncertain, views=views, split=split, limit=limit)
     bb = model if loaded else load_backbone(model, device=dev, precision=precision,
-                                            features=list(features) if features else None)
+                                            features=list(features) if features else None,
+                                            allow_download=allow_download)
     if compile:
         _compile(bb)
     preset = P.make_preset_for(preprocess, resolution=res, mean=bb.spec.mean, std=bb.spec.std, resize=resize)
