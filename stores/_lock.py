@@ -1,4 +1,4 @@
-"""The writer lock of a store: ``fcntl.flock`` on ``<store>/ledger/writer.lock``.
+"""The writer lock of a store: ``fcntl.flock`` on ``<store>/ledger/writer.lock`` (``<cache>/done/writer.lock``).
 
 ``flock`` locks belong to the open file description, so the kernel drops them the moment the holder dies (SIGKILL
 included): a killed writer's store can be reopened at once. A single writer holds the lock exclusively. The ranks of
@@ -20,6 +20,8 @@ from stores.errors import StoreLockedError
 # Inside the ledger array's directory: zarr never lists an array's directory, whereas a stray file at the group
 # level makes every member listing (xarray included) warn "not recognized as a component of a Zarr hierarchy".
 LOCK_RELPATH = "ledger/writer.lock"
+#: The image cache's ledger array is ``done``; its lock sits there for the same reason.
+CACHE_LOCK_RELPATH = "done/writer.lock"
 
 _RANK_RETRIES = 100  # rank > 0 may collide with rank 0's brief exclusive window: retry for ~2 s
 _RANK_RETRY_SLEEP_S = 0.02
@@ -51,6 +53,10 @@ class WriterLock:
         Position in a distributed run; ``world_size == 1`` is a single exclusive writer.
     run_id : str or None
         Identifier shared by the ranks of one run (checked by ranks > 0 when both sides have one).
+    relpath : str
+        Lock file, relative to ``store_dir`` (inside an array directory, which zarr never lists).
+    noun : str
+        What the messages call the directory (``"Store"``, ``"Image cache"``).
 
     Raises
     ------
@@ -58,11 +64,14 @@ class WriterLock:
         Another writer (or another run) holds the store.
     """
 
-    def __init__(self, store_dir: Path, *, rank: int = 0, world_size: int = 1, run_id: str | None = None) -> None:
-        self.path = Path(store_dir) / LOCK_RELPATH
+    def __init__(self, store_dir: Path, *, rank: int = 0, world_size: int = 1, run_id: str | None = None,
+                 relpath: str = LOCK_RELPATH, noun: str = "Store") -> None:
+        self.path = Path(store_dir) / relpath
+        self.noun = noun
         self.store_dir = Path(store_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size, self.run_id = rank, world_size, run_id
+        self._pid = os.getpid()
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if rank == 0:
@@ -106,7 +115,7 @@ class WriterLock:
         if not same_run:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             raise StoreLockedError(
-                f"Store '{self.store_dir}' is held by another run ({_describe(doc)}), not by rank 0 of this run "
+                f"{self.noun} '{self.store_dir}' is held by another run ({_describe(doc)}), not by rank 0 of this run "
                 f"(run_id={self.run_id}, world_size={self.world_size}); rank 0 must create/open the store before "
                 "the other ranks (put a barrier in between).")
 
@@ -119,7 +128,7 @@ class WriterLock:
 
     def _locked_error(self) -> StoreLockedError:
         return StoreLockedError(
-            f"Store '{self.store_dir}' is being written by {_describe(self.holder())}; wait for it to finish or "
+            f"{self.noun} '{self.store_dir}' is being written by {_describe(self.holder())}; wait for it to finish or "
             f"write to a new path. The lock is released when that process exits; if it is gone and the store still "
             f"reads as locked (a filesystem without flock), delete '{self.path}'.")
 
@@ -132,11 +141,13 @@ class WriterLock:
         """Release the lock (idempotent)."""
         if self._fd is not None:
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                # A forked child (a loader worker) shares the open file description: LOCK_UN there would release
+                # the parent's lock. It only closes its copy of the descriptor.
+                if os.getpid() == self._pid:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._fd)
                 self._fd = None
-
 
     def __del__(self) -> None:  # a dropped store object must not keep its process holding the lock
         try:

@@ -3,7 +3,8 @@
 The layout is documented in ``stores/FORMAT.md``. A *unit* is one outer chunk of the feature arrays (a whole shard,
 or a whole chunk when unsharded): every writer owns whole units, because two processes writing different rows of one
 chunk (or different inner chunks of one shard) lose updates in zarr. Per unit, the data is written and fsync'd, then
-the ``filled``/``failures`` rows, then the one-entry ``ledger`` chunk that says the unit is done.
+the ``filled``/``failures`` rows, then the one-entry ``ledger`` chunk that says the unit is done. Rewriting a unit that
+is already done first clears (and fsyncs) its ledger entry, so a writer killed mid-rewrite leaves it pending.
 
 Example
 -------
@@ -27,8 +28,8 @@ import zarr
 
 from stores import _provenance as prov_mod
 from stores._lock import LOCK_RELPATH, WriterLock, default_run_id
-from stores._zarrio import (default_rows_per_chunk, default_rows_per_shard, dir_size, fast_pipeline, fsync_chunk,
-                            is_raw_1d, is_raw_layout, read_raw_rows, take_raw_rows, write_raw_1d_chunk,
+from stores._zarrio import (_fsync_path, default_rows_per_chunk, default_rows_per_shard, dir_size, fast_pipeline,
+                            fsync_chunk, is_raw_1d, is_raw_layout, read_raw_rows, take_raw_rows, write_raw_1d_chunk,
                             write_raw_chunk)
 from stores._layout import (DOC_KEY, FORMAT_VERSION, as_str_array, build_group, check_doc, check_rank, read_str,
                             validate_create)
@@ -355,6 +356,8 @@ class EmbeddingStore:
         if self._world_size > 1 and u % self._world_size != self._rank:
             raise StoreError(f"Unit {u} belongs to rank {u % self._world_size}, not rank {self._rank}.")
         ok_arr, reasons = self._ok_and_reasons(sl, ok, failures)
+        self._check_views(features, sl)  # before anything is touched: a bad call must not half-rewrite a unit
+        self._unmark_done(u)
         for view, arr in self._features.items():
             data = self._prepare(view, features, sl, ok_arr)
             if self._raw[view]:
@@ -372,6 +375,19 @@ class EmbeddingStore:
         # Not fsync'd: a ledger entry lost to a power cut only means redoing the unit; what must never happen is an
         # entry that survives while the unit's data does not, and the data was fsync'd above.
         self._write_1d(self._ledger, u, np.ones(1, np.uint8), durable=False)
+
+    def _unmark_done(self, u: int) -> None:
+        """Clear unit ``u``'s ledger entry before its data is rewritten; no-op for a unit that is not done.
+
+        Made durable (the entry's removal fsync'd through its directory) before any byte of the unit changes:
+        otherwise a writer killed mid-rewrite would leave a unit reported done whose data is half old, half new.
+        """
+        key = self.path / self._ledger.path / self._ledger.metadata.encode_chunk_key((u,))
+        if not key.exists() or not self._ledger[u]:  # all-zero ledger chunks are never stored: a stat suffices
+            return
+        self._write_1d(self._ledger, u, np.zeros(1, np.uint8), durable=self._durable)
+        if self._durable:
+            _fsync_path(key.parent)  # the entry is removed (fill value), so it is the directory that must persist
 
     def _write_1d(self, arr: zarr.Array, chunk: int, values: np.ndarray, *, durable: bool | None = None) -> None:
         """Write one whole chunk of ``filled`` (one unit) or ``ledger`` (one entry), durably if asked."""
@@ -407,6 +423,9 @@ class EmbeddingStore:
         sl = slice(start, start + n)
         ok_arr, reasons = self._ok_and_reasons(sl, ok, failures)
         units = range(start // self.unit_rows, (start + n - 1) // self.unit_rows + 1) if n else range(0)
+        self._check_views(features, sl)
+        for u in units:  # a rewrite of done units: not done until rewritten, as in write_unit
+            self._unmark_done(u)
         for view, arr in self._features.items():
             arr[sl] = self._prepare(view, features, sl, ok_arr)
         self._filled[sl] = ok_arr
@@ -435,16 +454,19 @@ class EmbeddingStore:
         reasons[(~ok_arr) & (reasons == "")] = "failed"
         return ok_arr, reasons
 
-    def _prepare(self, view: str, features: Mapping[str, np.ndarray], sl: slice, ok: np.ndarray) -> np.ndarray:
+    def _check_views(self, features: Mapping[str, np.ndarray], sl: slice) -> None:
         extra = set(features) - set(self._features)
         if extra:
             raise StoreError(f"Unknown view(s) {sorted(extra)}; this store has {sorted(self._features)}.")
-        if view not in features:
-            raise StoreError(f"Missing view '{view}': write every view of the store ({sorted(self._features)}).")
+        for view, dim in self.views.items():
+            if view not in features:
+                raise StoreError(f"Missing view '{view}': write every view of the store ({sorted(self._features)}).")
+            shape, want = np.shape(features[view]), (sl.stop - sl.start, dim)
+            if shape != want:
+                raise StoreError(f"View '{view}' rows {sl.start}..{sl.stop - 1} must have shape {want}. Got {shape}.")
+
+    def _prepare(self, view: str, features: Mapping[str, np.ndarray], sl: slice, ok: np.ndarray) -> np.ndarray:
         data = np.asarray(features[view])
-        want = (sl.stop - sl.start, self.views[view])
-        if data.shape != want:
-            raise StoreError(f"View '{view}' rows {sl.start}..{sl.stop - 1} must have shape {want}. Got {data.shape}.")
         out = data.astype(self.dtype, copy=False)
         if not ok.all():
             out = out.copy() if out is data else out

@@ -9,6 +9,7 @@ Layout (``cache.zarr/``)::
     filled         (N,) bool, chunked by unit   -- row holds an image
     failure        (N,) string, chunked by unit -- why a row is empty ("" when filled)
     done           (n_units,) bool, one chunk per unit: the completion ledger
+    done/writer.lock   the writer lock (``fcntl.flock``; not a zarr object), as in the embedding store
     labels         (N, K) float32 (NaN = unknown), optional; attrs["label_names"]
     split          (N,) string, optional
     metadata/<name> (N,), optional (patient_id, study_id, view, sex, age, dataset)
@@ -17,6 +18,9 @@ Work units are whole shards, so writers in different processes never touch the s
 shard lose updates). A unit is done only when the ledger says so: written data, then ``filled``/``failure``, then the
 ledger entry, so a unit killed half-way is simply redone. Labels, split and metadata are copied from the manifest so
 that a cache can stand in for it.
+
+Writers hold the lock of ``stores._lock`` (see FORMAT.md, "Image cache"): one exclusive writer, or the ranks of one
+distributed run sharing it (rank 0 creates/opens first); the kernel drops it when the holder dies.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from stores._layout import check_rank
+from stores._lock import CACHE_LOCK_RELPATH, WriterLock, default_run_id
 from stores.errors import FormatVersionError, ProvenanceMismatchError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -57,10 +63,13 @@ class ImageCache:
     >>> cache.write_unit(0, {"images": np.zeros((2, 4, 4), np.uint8)})  # doctest: +SKIP
     """
 
-    def __init__(self, group: Any, path: Path, mode: str) -> None:
+    def __init__(self, group: Any, path: Path, mode: str, *, lock: WriterLock | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
         self._group = group
         self.path = path
         self.mode = mode
+        self._lock = lock
+        self._rank, self._world_size = rank, world_size
         info = dict(group.attrs[_KEY])
         self._info = info
         self.n_rows = int(info["n_rows"])
@@ -85,8 +94,11 @@ class ImageCache:
         images_per_chunk: int = 1,
         compress: bool = True,
         overwrite: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        run_id: str | None = None,
     ) -> ImageCache:
-        """Create an empty cache (opened read-write).
+        """Create an empty cache (opened read-write, holding the writer lock).
 
         Parameters
         ----------
@@ -110,7 +122,10 @@ class ImageCache:
         compress : bool
             Zstd level 1 on the image chunks (radiographs compress ~1.5-2x; decoding stays far cheaper than PNG).
         overwrite : bool
-            Replace an existing directory.
+            Replace an existing directory (needs its writer lock).
+        rank, world_size, run_id : optional
+            Distributed creation: rank 0 creates (the lock is then shared by the run), the other ranks
+            :meth:`open` with ``"r+"`` after a barrier. ``run_id`` defaults to the launcher's (see ``stores._lock``).
 
         Returns
         -------
@@ -120,10 +135,9 @@ class ImageCache:
         ------
         StoreError
             Bad arguments, or ``path`` exists and ``overwrite`` is False.
+        StoreLockedError
+            Another writer holds the cache.
         """
-        import zarr
-        from zarr.codecs import ZstdCodec
-
         path = Path(path)
         ids = [str(i) for i in ids]
         n = len(ids)
@@ -137,10 +151,38 @@ class ImageCache:
             raise StoreError(
                 f"'unit_rows' ({unit_rows}) must be a positive multiple of 'images_per_chunk' ({images_per_chunk})."
             )
-        if path.exists():
-            if not overwrite:
+        rank, world_size = check_rank(rank, world_size)
+        if rank != 0:
+            raise StoreError(f"Only rank 0 creates an image cache; rank {rank} must open '{path}' after a barrier.")
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"'{path}' exists and is not a directory; choose another path.")
+        if _has_content(path) and not overwrite:
+            raise StoreError(f"'{path}' already exists; pass overwrite=True or choose another path.")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(path, rank=0, world_size=world_size, run_id=run_id or default_run_id(),
+                          relpath=CACHE_LOCK_RELPATH, noun="Image cache")
+        try:
+            if _has_content(path) and not overwrite:  # another creator finished while we waited for the lock
                 raise StoreError(f"'{path}' already exists; pass overwrite=True or choose another path.")
-            shutil.rmtree(path)
+            _clear_but_lock(path)  # deleting the held lock file would let a second writer in
+            group = cls._build(path, ids=ids, resolution=resolution, provenance=provenance, labels=labels,
+                               label_names=label_names, split=split, metadata=metadata, unit_rows=unit_rows,
+                               images_per_chunk=images_per_chunk, compress=compress)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(group, path, "r+", lock=lock, rank=0, world_size=world_size)
+
+    @classmethod
+    def _build(cls, path: Path, *, ids: list[str], resolution: int, provenance: Mapping[str, Any],
+               labels: np.ndarray | None, label_names: Sequence[str] | None, split: Sequence[str] | None,
+               metadata: Mapping[str, Sequence] | None, unit_rows: int, images_per_chunk: int,
+               compress: bool) -> Any:
+        """Create every array of a new cache in the (empty but for the lock) directory ``path``."""
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        n = len(ids)
         r = int(resolution)
         unit_rows = int(min(unit_rows, max(images_per_chunk, -(-n // images_per_chunk) * images_per_chunk)))
         n_units = -(-n // unit_rows)
@@ -155,8 +197,10 @@ class ImageCache:
             "compressed": bool(compress),
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        group.attrs.update({_KEY: info, "provenance": provenance, "fingerprint": _fingerprint(provenance)})
+        # Not mode="w": that empties the directory, lock file included.
+        group = zarr.create_group(store=str(path), zarr_format=3,
+                                  attributes={_KEY: info, "provenance": provenance,
+                                              "fingerprint": _fingerprint(provenance)})
         group.create_array(
             "images", shape=(n, r, r), dtype="uint8", chunks=(images_per_chunk, r, r), shards=(unit_rows, r, r),
             compressors=[ZstdCodec(level=1)] if compress else None, fill_value=0,
@@ -183,7 +227,7 @@ class ImageCache:
             meta = group.create_group("metadata")
             for name, values in metadata.items():
                 cls._write_column(meta, name, values, n)
-        return cls(group, path, "r+")
+        return zarr.open_group(str(path), mode="r+", use_consolidated=False)
 
     @staticmethod
     def _write_column(group: Any, name: str, values: Sequence, n: int) -> None:
@@ -211,13 +255,16 @@ class ImageCache:
         return _KEY in (doc.get("attributes") or {})
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> ImageCache:
-        """Open an existing cache.
+    def open(cls, path: str | Path, mode: str = "r", *, rank: int | None = None, world_size: int | None = None,
+             run_id: str | None = None) -> ImageCache:
+        """Open an existing cache; ``"r+"`` takes the writer lock (shared among the ranks of one run).
 
         Parameters
         ----------
         path : str or Path
         mode : {"r", "r+"}
+        rank, world_size, run_id : optional
+            Position in a distributed run (ranks > 0 open after rank 0 created/opened the cache).
 
         Raises
         ------
@@ -227,6 +274,8 @@ class ImageCache:
             Not an image cache.
         FormatVersionError
             Written by a newer, unknown format version.
+        StoreLockedError
+            ``"r+"`` and another writer holds the cache.
         """
         import zarr
 
@@ -237,14 +286,24 @@ class ImageCache:
             raise StoreError(f"The 'mode' parameter of ImageCache.open must be 'r' or 'r+'. Got {mode!r}.")
         if not cls.is_cache(path):
             raise StoreError(f"'{path}' is not an image cache; write one with 'embedkit cache-images'.")
-        group = zarr.open_group(path, mode=mode, use_consolidated=False)
+        rank, world_size = check_rank(rank, world_size)
+        group = zarr.open_group(path, mode="r", use_consolidated=False)
         version = group.attrs[_KEY].get("format_version")
         if version != FORMAT_VERSION:
             raise FormatVersionError(
                 f"Image cache '{path}' has format version {version}; this embedkit reads version {FORMAT_VERSION}. "
                 "Upgrade embedkit or rewrite the cache."
             )
-        return cls(group, path, mode)
+        lock = None
+        if mode == "r+":
+            lock = WriterLock(path, rank=rank, world_size=world_size, run_id=run_id or default_run_id(),
+                              relpath=CACHE_LOCK_RELPATH, noun="Image cache")
+            try:
+                group = zarr.open_group(path, mode="r+", use_consolidated=False)
+            except BaseException:
+                lock.release()
+                raise
+        return cls(group, path, mode, lock=lock, rank=rank, world_size=world_size)
 
     @classmethod
     def open_or_create(cls, path: str | Path, **kwargs: Any) -> ImageCache:
@@ -256,15 +315,21 @@ class ImageCache:
             The existing cache has another resolution or preprocessing, or other ids.
         """
         path = Path(path)
-        if not path.exists():
+        if not _has_content(path) or kwargs.get("overwrite"):  # absent, or a create killed before any array
             return cls.create(path, **kwargs)
-        cache = cls.open(path, mode="r+")
-        cache.check_compatible(kwargs.get("provenance") or {})
-        ids = [str(i) for i in kwargs.get("ids", [])]
-        if len(ids) != cache.n_rows or not np.array_equal(cache.ids, np.asarray(ids, dtype=object)):
-            raise ProvenanceMismatchError(
-                f"Image cache '{path}' holds {cache.n_rows} other ids than the {len(ids)} asked for; use a new --out."
-            )
+        cache = cls.open(path, mode="r+", rank=kwargs.get("rank"), world_size=kwargs.get("world_size"),
+                         run_id=kwargs.get("run_id"))
+        try:
+            cache.check_compatible(kwargs.get("provenance") or {})
+            ids = [str(i) for i in kwargs.get("ids", [])]
+            if len(ids) != cache.n_rows or not np.array_equal(cache.ids, np.asarray(ids, dtype=object)):
+                raise ProvenanceMismatchError(
+                    f"Image cache '{path}' holds {cache.n_rows} other ids than the {len(ids)} asked for; "
+                    "use a new --out."
+                )
+        except BaseException:
+            cache.close()
+            raise
         return cache
 
     def check_compatible(self, provenance: Mapping[str, Any]) -> None:
@@ -347,12 +412,14 @@ class ImageCache:
         """(n_units,) bool: the ledger."""
         return np.asarray(self._group["done"][:], dtype=bool)
 
-    def pending_units(self, rank: int = 0, world_size: int = 1) -> list[int]:
-        """Units not yet done that belong to ``rank``: ``u % world_size == rank``.
+    def pending_units(self, rank: int | None = None, world_size: int | None = None) -> list[int]:
+        """Units not yet done that belong to ``rank``: ``u % world_size == rank`` (default: this writer's).
 
         The assignment is static (not a split of the pending list) so that ranks asking at different moments,
         while others already write, still get disjoint sets.
         """
+        rank = self._rank if rank is None else rank
+        world_size = self._world_size if world_size is None else world_size
         if world_size < 1 or not 0 <= rank < world_size:
             raise StoreError(f"Invalid rank {rank} for world size {world_size}.")
         done = self.done_units()
@@ -378,11 +445,12 @@ class ImageCache:
         Raises
         ------
         StoreError
-            Read-only cache, wrong shapes, or rows outside the unit.
+            Read-only (or closed) cache, unit owned by another rank, wrong shapes, or rows outside the unit.
         """
-        if self.mode == "r":
-            raise StoreError(f"Image cache '{self.path}' is open read-only; open it with mode='r+'.")
+        self._require_writable()
         sl = self.unit_slice(unit)
+        if self._world_size > 1 and unit % self._world_size != self._rank:
+            raise StoreError(f"Unit {unit} belongs to rank {unit % self._world_size}, not rank {self._rank}.")
         rows = sl.stop - sl.start
         images = np.asarray(features["images"])
         if images.shape != (rows, self.resolution, self.resolution) or images.dtype != np.uint8:
@@ -418,9 +486,10 @@ class ImageCache:
         return np.asarray(self._group["failure"][rows], dtype=object)
 
     def finalize(self) -> None:
-        """Record summary counts (call once, after every writer is done)."""
-        if self.mode == "r":
-            raise StoreError(f"Image cache '{self.path}' is open read-only; open it with mode='r+'.")
+        """Record summary counts (rank 0 / the single writer, once, after every writer is done)."""
+        self._require_writable()
+        if self._rank != 0:
+            raise StoreError(f"Only rank 0 finalizes the image cache; this is rank {self._rank}.")
         info = dict(self._group.attrs[_KEY])
         info.update(
             n_filled=int(self.filled.sum()), n_failed=len(self.failures()),
@@ -429,8 +498,14 @@ class ImageCache:
         self._group.attrs[_KEY] = info
         self._info = info
 
+    def _require_writable(self) -> None:
+        if self._lock is None or not self._lock.held:
+            raise StoreError(f"Image cache '{self.path}' is open read-only (or closed); open it with mode='r+'.")
+
     def close(self) -> None:
-        """Release the handle (zarr needs no explicit close; kept for symmetry with the embedding store)."""
+        """Release the writer lock (idempotent); the object stays readable."""
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> ImageCache:
         return self
@@ -440,6 +515,23 @@ class ImageCache:
 
     def __repr__(self) -> str:
         return f"ImageCache('{self.path}', n_rows={self.n_rows}, resolution={self.resolution})"
+
+
+def _has_content(path: Path) -> bool:
+    """Whether ``path`` holds any file but the writer lock (False when it does not exist)."""
+    lock_file = path / CACHE_LOCK_RELPATH
+    return path.is_dir() and any(p.is_file() and p != lock_file for p in path.rglob("*"))
+
+
+def _clear_but_lock(path: Path) -> None:
+    """Empty ``path`` except the writer lock file (the lock holder replaces the cache)."""
+    lock_file = path / CACHE_LOCK_RELPATH
+    for p in path.iterdir():
+        if p != lock_file.parent:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in lock_file.parent.iterdir():
+        if p != lock_file:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _short(value: Any) -> str:

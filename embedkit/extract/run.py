@@ -208,7 +208,7 @@ def run_cache_images(
     create_kwargs = dict(
         ids=list(source.ids), resolution=res, provenance=provenance, labels=source.labels,
         label_names=source.label_names or None, split=None if source.split is None else list(source.split),
-        metadata=source.metadata or None, unit_rows=unit_rows,
+        metadata=source.metadata or None, unit_rows=unit_rows, rank=0, world_size=env.world_size,
     )
     out = Path(out)
     workers = P.default_workers("files") if workers is None else workers
@@ -216,7 +216,7 @@ def run_cache_images(
     with P.new_group(env, "cpu") as group:
         cache = P.open_sink(
             lambda: ImageCache.open_or_create(out, **create_kwargs),
-            lambda: ImageCache.open(out, "r+"),
+            lambda: ImageCache.open(out, "r+", rank=env.rank, world_size=env.world_size),
             group,
         )
         t0 = time.perf_counter()
@@ -229,6 +229,7 @@ def run_cache_images(
         if env.is_main:
             cache.finalize()
         report = _report(out, env, cache, stats, skipped, seconds, dev, "none")
+        cache.close()
         group.barrier()
     return report
 

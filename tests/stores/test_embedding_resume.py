@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stores import EmbeddingStore
+from stores.errors import StoreError
 
 # The child writes units with deterministic features; with KILL_AFTER >= 0 it SIGKILLs itself after that many units,
 # first leaving a half-written next unit (features of one view overwritten, no ledger entry).
@@ -18,6 +19,7 @@ import os, signal, sys, json
 import numpy as np
 import zarr
 from stores import EmbeddingStore
+from stores.errors import StoreError
 
 path, kill_after, kwargs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 st = EmbeddingStore.open_or_create(path, **kwargs)
@@ -79,3 +81,104 @@ def test_sigkill_between_units_then_resume_is_bit_identical(tmp_path, store_kwar
     final = EmbeddingStore.open(killed)
     assert final.verify(deep=True)["ok"] and final.layout["summary"]["complete"]
     assert final.fingerprint == EmbeddingStore.open(ref).fingerprint
+
+
+# The child rewrites unit U of a complete store with new features and SIGKILLs itself mid-rewrite: once the first
+# view is rewritten, as the second view is about to be (fault injection at EmbeddingStore._prepare, which write_unit
+# and write_rows both call once per view, between the writes of consecutive views).
+_REWRITE_CHILD = r"""
+import os, signal, sys
+import numpy as np
+from stores import EmbeddingStore
+from stores.errors import StoreError
+
+path, method, u = sys.argv[1], sys.argv[2], int(sys.argv[3])
+views_seen = []
+prepare = EmbeddingStore._prepare
+def prepare_or_die(self, view, *args, **kwargs):
+    views_seen.append(view)
+    if len(views_seen) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return prepare(self, view, *args, **kwargs)
+EmbeddingStore._prepare = prepare_or_die
+st = EmbeddingStore.open(path, "r+")
+sl = st.unit_slice(u)
+rng = np.random.default_rng(2000 + u)
+feats = {v: rng.standard_normal((sl.stop - sl.start, d), dtype=np.float32) for v, d in st.views.items()}
+fails = {sl.start + 5: "DecodeError: rewritten"}
+st.write_unit(u, feats, failures=fails) if method == "write_unit" else st.write_rows(sl.start, feats, failures=fails)
+sys.exit(3)  # not reached
+"""
+
+
+def _rewrite(st: EmbeddingStore, method: str, u: int, views: dict[str, int]) -> None:
+    """The child's rewrite, uninterrupted (same features, same failure)."""
+    sl = st.unit_slice(u)
+    rng = np.random.default_rng(2000 + u)
+    feats = {v: rng.standard_normal((sl.stop - sl.start, d), dtype=np.float32) for v, d in views.items()}
+    fails = {sl.start + 5: "DecodeError: rewritten"}
+    if method == "write_unit":
+        st.write_unit(u, feats, failures=fails)
+    else:
+        st.write_rows(sl.start, feats, failures=fails)
+
+
+def _complete_store(path, kwargs: dict, unit_feats) -> EmbeddingStore:
+    st = EmbeddingStore.create(path, **kwargs)
+    for u in range(st.n_units):
+        sl = st.unit_slice(u)
+        st.write_unit(u, unit_feats(u, sl.stop - sl.start, st.views), failures={sl.start + 3: "DecodeError: x"})
+    return st
+
+
+@pytest.mark.parametrize("method", ["write_unit", "write_rows"])
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "unsharded"])
+def test_sigkill_while_rewriting_a_done_unit_leaves_it_pending(tmp_path, store_kwargs, unit_feats, method, sharded):
+    kwargs = dict(store_kwargs)
+    if not sharded:
+        kwargs.update(rows_per_chunk=256, rows_per_shard=None)
+    ref = _complete_store(tmp_path / "ref.zarr", kwargs, unit_feats)
+    _rewrite(ref, method, 1, ref.views)  # the uninterrupted rewrite
+    ref.close()
+    _complete_store(tmp_path / "killed.zarr", kwargs, unit_feats).close()
+    old = EmbeddingStore.open(tmp_path / "killed.zarr")
+    old_cls, old_patch = old.load("cls", dtype=None), old.load("mean_patch", dtype=None)
+
+    crash = subprocess.run([sys.executable, "-c", _REWRITE_CHILD, str(tmp_path / "killed.zarr"), method, "1"],
+                           capture_output=True, text=True, timeout=120)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr
+    st = EmbeddingStore.open(tmp_path / "killed.zarr")
+    sl = st.unit_slice(1)
+    # The kill did land mid-rewrite: unit 1's first view is new, its second view (and the others' data) still old.
+    new_cls = EmbeddingStore.open(tmp_path / "ref.zarr").load("cls", dtype=None)
+    np.testing.assert_array_equal(st.load("cls", dtype=None)[sl], new_cls[sl])
+    assert not np.array_equal(new_cls[sl], old_cls[sl], equal_nan=True)
+    np.testing.assert_array_equal(st.load("mean_patch", dtype=None), old_patch)
+    # ... and the store says so: unit 1 is pending, verify agrees with the ledger.
+    assert st.done_units().tolist() == [True, False, True, True]
+    assert st.pending_units() == [1]
+    report = st.verify()
+    assert report["ok"], report["problems"]
+    assert report["n_done_units"] == 3 and report["complete"] is False
+
+    with EmbeddingStore.open(tmp_path / "killed.zarr", "r+") as resumed:  # finishing the rewrite
+        _rewrite(resumed, method, 1, resumed.views)
+    a, b = _arrays(tmp_path / "ref.zarr"), _arrays(tmp_path / "killed.zarr")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert b["ledger"].all() and EmbeddingStore.open(tmp_path / "killed.zarr").verify(deep=True)["ok"]
+
+
+def test_invalid_rewrite_of_a_done_unit_changes_nothing(tmp_path, store_kwargs, unit_feats):
+    st = _complete_store(tmp_path / "s.zarr", store_kwargs, unit_feats)
+    before = _arrays(tmp_path / "s.zarr")
+    sl = st.unit_slice(2)
+    bad = {"cls": np.zeros((sl.stop - sl.start, 16)), "mean_patch": np.zeros((sl.stop - sl.start, 7))}
+    with pytest.raises(StoreError, match="mean_patch"):
+        st.write_unit(2, bad)
+    with pytest.raises(StoreError, match="mean_patch"):
+        st.write_rows(sl.start, bad)
+    after = _arrays(tmp_path / "s.zarr")
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from stores.errors import FormatVersionError, ProvenanceMismatchError, StoreError
+from stores.errors import FormatVersionError, ProvenanceMismatchError, StoreError, StoreLockedError
 from stores.image_cache import ImageCache
 
 PROV = {"resolution": 8, "preprocess": {"preset": "model", "resize": "pad"}, "dataset": {"spec": "x.csv"}}
@@ -70,8 +74,10 @@ def test_write_unit_rejects_bad_input(cache, tmp_path):
 
 def test_open_or_create_resumes_and_refuses_mismatch(cache, tmp_path):
     cache.write_unit(0, {"images": np.ones((2, 8, 8), np.uint8)})
+    cache.close()
     again = ImageCache.open_or_create(tmp_path / "c.zarr", ids=_ids(5), resolution=8, provenance=PROV, unit_rows=2)
     assert again.pending_units() == [1, 2]
+    again.close()
     other = dict(PROV, preprocess={"preset": "paper", "resize": "stretch"})
     with pytest.raises(ProvenanceMismatchError, match="preprocess"):
         ImageCache.open_or_create(tmp_path / "c.zarr", ids=_ids(5), resolution=8, provenance=other)
@@ -113,3 +119,91 @@ def test_finalize_records_counts(cache):
     info = reopened._group.attrs["embedkit_image_cache"]
     assert info["complete"] and info["n_filled"] == 5 and info["n_failed"] == 0
     assert (reopened.read(slice(0, 5)) == 9).all()
+
+
+def test_second_writer_is_refused_until_the_first_closes(cache, tmp_path):
+    path = tmp_path / "c.zarr"
+    cache.write_unit(0, {"images": np.ones((2, 8, 8), np.uint8)})
+    me = f"pid {os.getpid()}"
+    with pytest.raises(StoreLockedError, match=f"Image cache '.*' is being written by {me} on host"):
+        ImageCache.open(path, "r+")
+    with pytest.raises(StoreLockedError, match=me):
+        ImageCache.open_or_create(path, ids=_ids(5), resolution=8, provenance=PROV, unit_rows=2)
+    with pytest.raises(StoreLockedError, match=me):  # and it deletes nothing
+        ImageCache.create(path, ids=_ids(3), resolution=8, provenance=PROV, overwrite=True)
+    reader = ImageCache.open(path)  # readers take no lock
+    assert reader.done_units().tolist() == [True, False, False]
+    with pytest.raises(StoreError, match="read-only"):
+        reader.write_unit(1, {"images": np.ones((2, 8, 8), np.uint8)})
+
+    cache.close()
+    with pytest.raises(StoreError, match="closed"):
+        cache.write_unit(1, {"images": np.ones((2, 8, 8), np.uint8)})
+    with ImageCache.open(path, "r+") as again:  # after close, a new writer gets in and resumes
+        assert again.pending_units() == [1, 2]
+        again.write_unit(1, {"images": np.full((2, 8, 8), 5, np.uint8)})
+    resumed = ImageCache.open_or_create(path, ids=_ids(5), resolution=8, provenance=PROV, unit_rows=2)
+    assert resumed.pending_units() == [2]
+    resumed.close()
+    replaced = ImageCache.create(path, ids=_ids(3), resolution=8, provenance=PROV, overwrite=True)
+    assert replaced.n_rows == 3 and not replaced.done_units().any()
+
+
+def test_ranks_of_one_run_share_the_lock(tmp_path):
+    path = tmp_path / "c.zarr"
+    rank0 = ImageCache.create(path, ids=_ids(5), resolution=8, provenance=PROV, unit_rows=2, rank=0, world_size=2,
+                              run_id="job-1")
+    rank1 = ImageCache.open(path, "r+", rank=1, world_size=2, run_id="job-1")
+    assert rank0.pending_units() == [0, 2] and rank1.pending_units() == [1]
+    rank1.write_unit(1, {"images": np.ones((2, 8, 8), np.uint8)})
+    with pytest.raises(StoreError, match="belongs to rank 0"):
+        rank1.write_unit(0, {"images": np.ones((2, 8, 8), np.uint8)})
+    with pytest.raises(StoreLockedError, match="held by another run"):
+        ImageCache.open(path, "r+", rank=1, world_size=2, run_id="job-2")
+    with pytest.raises(StoreLockedError, match="being written by"):  # a lone writer cannot join
+        ImageCache.open(path, "r+")
+    with pytest.raises(StoreError, match="Only rank 0 finalizes"):
+        rank1.finalize()
+    with pytest.raises(StoreError, match="Only rank 0 creates"):
+        ImageCache.create(tmp_path / "d.zarr", ids=_ids(2), resolution=8, provenance=PROV, rank=1, world_size=2)
+    rank1.close()
+    rank0.finalize()
+    rank0.close()
+    ImageCache.open(path, "r+").close()
+
+
+_HOLDER = r"""
+import sys
+from stores.image_cache import ImageCache
+cache = ImageCache.open(sys.argv[1], "r+")
+print("locked", flush=True)
+sys.stdin.read()  # hold the lock until killed
+"""
+
+
+def test_sigkilled_writer_releases_the_lock(cache, tmp_path):
+    path = tmp_path / "c.zarr"
+    cache.close()
+    child = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match=f"pid {child.pid} "):
+            ImageCache.open(path, "r+")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    ImageCache.open(path, "r+").close()  # the kernel dropped the killed writer's lock
+
+
+def test_a_forked_child_dropping_the_cache_keeps_the_parents_lock(cache, tmp_path):
+    pid = os.fork()
+    if pid == 0:  # a loader worker that closes its copy of the writer (as garbage collection would)
+        cache.close()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(StoreLockedError, match=f"pid {os.getpid()} "):
+        ImageCache.open(tmp_path / "c.zarr", "r+")
+    cache.write_unit(0, {"images": np.ones((2, 8, 8), np.uint8)})  # still the writer

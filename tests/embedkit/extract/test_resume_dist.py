@@ -56,3 +56,23 @@ def test_torchrun_two_ranks_equals_one_process(tiny, phantoms, cli, tmp_path, mo
     # Units map to the same batches in both runs; only thread counts differ, hence a float tolerance.
     same_store(a, b, atol=1e-5)
     assert np.asarray(a["done"]).all()
+
+
+def test_torchrun_two_ranks_cache_images_equals_one_process(phantoms, cli, tmp_path, module_runner):
+    from stores.image_cache import ImageCache
+
+    common = ["--res", "64", "--data", str(phantoms), "--unit-rows", "4", "--workers", "1"]
+    ref = tmp_path / "ref-cache.zarr"
+    r = cli("cache-images", *common, "--out", str(ref))
+    assert r.exit_code == 0, r.output
+
+    out = tmp_path / "ddp-cache.zarr"
+    proc = module_runner(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "embedkit", "cache-images", *common, "--out", str(out)], timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = ImageCache.open(out), ImageCache.open(ref)
+    assert a.done_units().all() and list(a.ids) == list(b.ids)
+    np.testing.assert_array_equal(np.asarray(a.images[:]), np.asarray(b.images[:]))
+    np.testing.assert_array_equal(np.asarray(a.filled[:]), np.asarray(b.filled[:]))
+    # The lock was released when the ranks closed: a new writer may open the cache.
+    ImageCache.open(out, "r+").close()
