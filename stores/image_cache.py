@@ -208,9 +208,12 @@ class ImageCache:
         )
         group.create_array("ids", shape=(n,), dtype=str, chunks=(min(n, 65536),), dimension_names=["row"])
         group["ids"][:] = np.asarray(ids, dtype=object)
-        group.create_array("filled", shape=(n,), dtype="bool", chunks=(unit_rows,), fill_value=False)
-        group.create_array("failure", shape=(n,), dtype=str, chunks=(unit_rows,), fill_value="")
-        group.create_array("done", shape=(n_units,), dtype="bool", chunks=(1,), fill_value=False)
+        group.create_array("filled", shape=(n,), dtype="bool", chunks=(unit_rows,), fill_value=False,
+                           dimension_names=["row"])
+        group.create_array("failure", shape=(n,), dtype=str, chunks=(unit_rows,), fill_value="",
+                           dimension_names=["row"])
+        group.create_array("done", shape=(n_units,), dtype="bool", chunks=(1,), fill_value=False,
+                           dimension_names=["unit"])
         if labels is not None:
             labels = np.asarray(labels, dtype=np.float32)
             if labels.ndim != 2 or labels.shape[0] != n:
@@ -219,7 +222,8 @@ class ImageCache:
             if len(names) != labels.shape[1]:
                 raise StoreError(f"'label_names' has {len(names)} names for {labels.shape[1]} label columns.")
             arr = group.create_array("labels", shape=labels.shape, dtype="float32", chunks=(min(n, 65536), labels.shape[1]),
-                                     fill_value=float("nan"), attributes={"label_names": names})
+                                     fill_value=float("nan"), attributes={"label_names": names},
+                                     dimension_names=["row", "label"])
             arr[:] = labels
         if split is not None:
             cls._write_column(group, "split", split, n)
@@ -235,10 +239,10 @@ class ImageCache:
         if arr.shape != (n,):
             raise StoreError(f"Column '{name}' must have length {n}. Got shape {arr.shape}.")
         if arr.dtype.kind in "fiub":
-            out = group.create_array(name, shape=(n,), dtype=arr.dtype, chunks=(min(n, 65536),))
+            out = group.create_array(name, shape=(n,), dtype=arr.dtype, chunks=(min(n, 65536),), dimension_names=["row"])
             out[:] = arr
         else:
-            out = group.create_array(name, shape=(n,), dtype=str, chunks=(min(n, 65536),))
+            out = group.create_array(name, shape=(n,), dtype=str, chunks=(min(n, 65536),), dimension_names=["row"])
             out[:] = np.asarray(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
                                 dtype=object)
 

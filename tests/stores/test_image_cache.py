@@ -207,3 +207,12 @@ def test_a_forked_child_dropping_the_cache_keeps_the_parents_lock(cache, tmp_pat
     with pytest.raises(StoreLockedError, match=f"pid {os.getpid()} "):
         ImageCache.open(tmp_path / "c.zarr", "r+")
     cache.write_unit(0, {"images": np.ones((2, 8, 8), np.uint8)})  # still the writer
+
+
+def test_plain_xarray_reads_the_cache(cache, tmp_path):
+    xr = pytest.importorskip("xarray")
+    cache.write_unit(0, {"images": np.full((2, 8, 8), 7, dtype=np.uint8)})
+    cache.close()
+    ds = xr.open_zarr(str(tmp_path / "c.zarr"), consolidated=False)
+    assert ds["images"].dims == ("row", "y", "x") and ds["labels"].dims == ("row", "label")
+    assert int(ds["images"][1, 3, 3]) == 7 and bool(ds["filled"][0]) and not bool(ds["filled"][4])
