@@ -4,7 +4,10 @@
 sklearn is timed on a few C values in the same run and its sweep time scaled to the grid's number of
 configurations (fitting 40 C values would take most of an hour on 2 cores). Prints one JSON line.
 
-    python benchmarks/bench_probe.py [--n 100000] [--dim 768] [--sk-cs 1e-4,1e-2,1] [--device cpu]
+``--dtype float16`` feeds the linear grid the float16 matrix a float16 store loads as (sklearn, the reference,
+always gets float32); the grid standardises per batch, so its memory stays O(batch x D) either way.
+
+    python benchmarks/bench_probe.py [--n 100000] [--dim 768] [--sk-cs 1e-4,1e-2,1] [--device cpu] [--dtype float32]
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ def main() -> None:
     ap.add_argument("--sk-cs", default="1e-4,1e-2,1")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                    help="dtype of the features given to the linear grid")
     args = ap.parse_args()
 
     import numpy as np
@@ -46,9 +51,10 @@ def main() -> None:
         return float(mean_over_labels(auroc(y[te], p.predict_proba(x[te]))))
 
     t0 = time.perf_counter()
-    grid = LinearGridProbe(seed=args.seed, device=args.device).fit(x[tr], y[tr], x[va], y[va])
+    xg = x if args.dtype == "float32" else x.astype(np.float16)
+    grid = LinearGridProbe(seed=args.seed, device=args.device).fit(xg[tr], y[tr], xg[va], y[va])
     grid_s = time.perf_counter() - t0
-    grid_auc = test_auroc(grid)
+    grid_auc = float(mean_over_labels(auroc(y[te], grid.predict_proba(xg[te]))))
 
     cs = [float(c) for c in args.sk_cs.split(",")]
     sk_times, sk_aucs = [], []
@@ -62,7 +68,7 @@ def main() -> None:
     sweep_s = per_fit * n_cfg
     result = {
         "bench": "probe_linear_grid_vs_sklearn",
-        "n": args.n, "dim": args.dim, "labels": args.labels, "n_train": n_tr, "n_val": n_va,
+        "n": args.n, "dim": args.dim, "grid_dtype": args.dtype, "labels": args.labels, "n_train": n_tr, "n_val": n_va,
         "grid_heads": n_cfg, "grid_epochs": grid.best_params_["epochs_run"],
         "grid_batch_size": grid.best_params_["batch_size"], "grid_s": round(grid_s, 2),
         "grid_best": {k: grid.best_params_[k] for k in ("lr", "weight_decay", "epoch")},

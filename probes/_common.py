@@ -25,8 +25,26 @@ def check_xy(x, y, *, name: str) -> tuple[np.ndarray, np.ndarray]:
     return xa, ya
 
 
-def standardizer(x: np.ndarray, *, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (float64 accumulation, chunked) of the training features.
+def rows_per_chunk(d: int, *, itemsize: int = 4, budget: int = 8 << 20, minimum: int = 256) -> int:
+    """Rows of a (rows, d) temporary of ``itemsize`` bytes per value that fit in ``budget`` bytes (>= ``minimum``).
+
+    Used to bound the float32 / float64 temporaries made from a float16 feature matrix: 8 MiB at d = 4096 is
+    512 float32 rows, whatever N is (still a full-speed matmul).
+    """
+    return max(minimum, int(budget) // max(1, int(d) * int(itemsize)))
+
+
+def standardizer(x, *, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the training features in one streaming pass (float64, chunked).
+
+    Chunks are merged with Chan et al.'s pairwise update (centred sums of squares), so large feature means do not
+    cancel the variance; only one float64 chunk exists at a time, never a float32 copy of ``x``.
+
+    Parameters
+    ----------
+    x : array (N, D) float (float16 stays float16; a zarr array qualifies)
+    chunk : int, optional
+        Rows per chunk; default keeps the float64 temporary near 4 MiB.
 
     Returns
     -------
@@ -34,14 +52,23 @@ def standardizer(x: np.ndarray, *, chunk: int = 65536) -> tuple[np.ndarray, np.n
         ``std`` is floored at 1e-6 so constant features map to 0 instead of NaN.
     """
     n, d = x.shape
-    s1 = np.zeros(d)
-    s2 = np.zeros(d)
+    chunk = chunk or rows_per_chunk(d, itemsize=8, budget=4 << 20, minimum=64)
+    mean = np.zeros(d)
+    m2 = np.zeros(d)
+    seen = 0
     for i in range(0, n, chunk):
         xb = np.asarray(x[i : i + chunk], dtype=np.float64)
-        s1 += xb.sum(axis=0)
-        s2 += np.square(xb).sum(axis=0)
-    mean = s1 / n
-    var = np.maximum(s2 / n - mean**2, 0.0)
+        nb = xb.shape[0]
+        mb = xb.mean(axis=0)
+        xb -= mb
+        np.square(xb, out=xb)
+        m2b = xb.sum(axis=0)
+        tot = seen + nb
+        delta = mb - mean
+        mean += delta * (nb / tot)
+        m2 += m2b + delta**2 * (seen * nb / tot)
+        seen = tot
+    var = m2 / max(n, 1)
     return mean.astype(np.float32), np.maximum(np.sqrt(var), 1e-6).astype(np.float32)
 
 

@@ -4,6 +4,10 @@ Train features are L2-normalised into a faiss ``IndexFlatIP`` (exact). Each quer
 found once; for every k the score of label c is the vote ``sum_j exp(s_j / T) y_jc / sum_j exp(s_j / T)`` over the
 neighbours whose label c is known — a probability in [0, 1]. Queries go to faiss in batches of at least 256: below
 faiss's BLAS threshold a flat search falls back to a much slower scan.
+
+Memory: faiss works in float32, so float16 features are converted, normalised and added to the index one bounded
+block at a time, and queries are normalised and voted per batch. The flat index itself holds a float32 copy of the
+training rows (N_train x D x 4 bytes) — the price of an exact search; nothing else scales with N x D.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import logging
 
 import numpy as np
 
-from probes._common import check_xy, select_best
+from probes._common import check_xy, rows_per_chunk, select_best
 from probes.errors import ProbeError
 from probes.metrics import auroc, mean_over_labels
 
@@ -21,9 +25,11 @@ DEFAULT_KS = (10, 20, 100, 200)
 
 
 def _normalise(x) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """(B, D) float32 rows of unit L2 norm (a fresh array; the input, float16 included, is left alone)."""
+    x = np.array(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    x /= np.maximum(norms, 1e-12)
+    return x
 
 
 class KNNProbe:
@@ -53,14 +59,16 @@ class KNNProbe:
         x_train, y_train = check_xy(x_train, y_train, name="train")
         x_val, y_val = check_xy(x_val, y_val, name="val")
         self.index_ = faiss.IndexFlatIP(x_train.shape[1])
-        self.index_.add(_normalise(x_train))
+        step = rows_per_chunk(x_train.shape[1])
+        for i in range(0, x_train.shape[0], step):
+            self.index_.add(_normalise(x_train[i : i + step]))
         self.y_train_ = np.asarray(y_train, dtype=np.float32)
         kmax = min(max(self.ks), x_train.shape[0])
         ks = sorted({min(k, kmax) for k in self.ks})
         sims, nbrs = self._search(x_val, kmax)
         self.results_ = []
         for k in ks:
-            score = mean_over_labels(auroc(y_val, self._vote(sims[:, :k], nbrs[:, :k])))
+            score = mean_over_labels(auroc(y_val, self._vote_batched(sims[:, :k], nbrs[:, :k])))
             self.results_.append({"k": k, "temperature": self.temperature, "val_auroc": score})
         j = select_best(np.array([r["val_auroc"] for r in self.results_]))
         if not np.isfinite(self.results_[j]["val_auroc"]):
@@ -72,13 +80,22 @@ class KNNProbe:
         return self
 
     def _search(self, x, k: int) -> tuple[np.ndarray, np.ndarray]:
-        xq = _normalise(x)
-        sims = np.empty((xq.shape[0], k), dtype=np.float32)
-        nbrs = np.empty((xq.shape[0], k), dtype=np.int64)
-        for i in range(0, xq.shape[0], self.query_batch):
+        """(Q, k) similarities and neighbour rows; queries are normalised one batch at a time."""
+        q = x.shape[0]
+        sims = np.empty((q, k), dtype=np.float32)
+        nbrs = np.empty((q, k), dtype=np.int64)
+        for i in range(0, q, self.query_batch):
             sims[i : i + self.query_batch], nbrs[i : i + self.query_batch] = self.index_.search(
-                xq[i : i + self.query_batch], k)
+                _normalise(x[i : i + self.query_batch]), k)
         return sims, nbrs
+
+    def _vote_batched(self, sims: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
+        # The gathered labels are (Q, k, K): vote in row blocks so they stay bounded whatever Q is.
+        out = np.empty((sims.shape[0], self.y_train_.shape[1]), dtype=np.float32)
+        step = rows_per_chunk(sims.shape[1] * self.y_train_.shape[1], minimum=64)
+        for i in range(0, sims.shape[0], step):
+            out[i : i + step] = self._vote(sims[i : i + step], nbrs[i : i + step])
+        return out
 
     def _vote(self, sims: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
         # Subtracting each row's max similarity leaves the normalised weights unchanged and avoids overflow.
@@ -94,9 +111,13 @@ class KNNProbe:
         return np.where(den > 0, p, prior[None, :]).astype(np.float32)
 
     def predict_proba(self, x) -> np.ndarray:
-        """(N, K) vote fractions of the chosen k."""
-        sims, nbrs = self._search(np.asarray(x), self.k_)
-        return self._vote(sims, nbrs)
+        """(N, K) vote fractions of the chosen k; ``x`` (N, D) is searched and voted one query batch at a time."""
+        x = np.asarray(x)
+        out = np.empty((x.shape[0], self.y_train_.shape[1]), dtype=np.float32)
+        for i in range(0, x.shape[0], self.query_batch):
+            sims, nbrs = self._search(x[i : i + self.query_batch], self.k_)
+            out[i : i + self.query_batch] = self._vote(sims, nbrs)
+        return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """What the head needs besides the training features themselves: their labels and (k, T)."""

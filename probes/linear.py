@@ -8,6 +8,11 @@ per-head L2 weight decay (added to the gradient, as ``torch.optim.Adam(weight_de
 element-wise to the whole tensor; its fixed point is the L2-regularised logistic regression that scikit-learn
 solves, so the weight-decay axis plays the role of sklearn's ``C`` (roughly ``wd = 1 / (C * N * K)``).
 
+Memory: the features stay in their own dtype (a float16 store stays float16; on CUDA the matrix is moved to the
+device once, in that dtype). Mean and std come from one streaming float64 pass over train; each mini-batch is
+gathered, converted to float32 and standardised only when it is used, and validation / prediction run in bounded
+chunks — there is never a float32 copy of the matrix (extra memory is O(batch x D + D x H x K + M_val x H x K)).
+
 After each epoch every head is scored on validation (mean AUROC over labels, unknown labels masked) and its best
 weights so far are kept; training stops when the best head has not improved for ``patience`` epochs. The chosen head
 is the best on validation — the test split plays no part.
@@ -20,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from probes._common import check_xy, positive_weights, resolve_device, select_best, standardizer
+from probes._common import check_xy, positive_weights, resolve_device, rows_per_chunk, select_best, standardizer
 from probes.errors import ProbeError
 from probes.metrics import auroc_many, mean_over_labels
 
@@ -99,6 +104,7 @@ class LinearGridProbe:
         Parameters
         ----------
         x_train : array (N, D) float
+            float16 or float32; kept in its dtype (batches are converted to float32 when used).
         y_train : array (N, K) float, NaN = unknown
         x_val : array (M, D) float
         y_val : array (M, K) float, NaN = unknown
@@ -128,9 +134,10 @@ class LinearGridProbe:
         gen = torch.Generator().manual_seed(c.seed)
         mean = torch.from_numpy(self.mean_).to(dev)
         inv = torch.from_numpy(1.0 / self.scale_).to(dev)
+        # Zero-copy on CPU (torch shares the numpy buffer, float16 included); one transfer in the stored dtype on CUDA.
         xt = torch.from_numpy(np.ascontiguousarray(x_train)).to(dev)
         yt = torch.from_numpy(np.ascontiguousarray(y_train)).to(dev)
-        xv = ((torch.from_numpy(np.ascontiguousarray(x_val)).to(dev).float() - mean) * inv).contiguous()
+        xv = torch.from_numpy(np.ascontiguousarray(x_val)).to(dev)
         pw_t = torch.from_numpy(pw).to(dev)  # (K,); weight column j belongs to head j // K, label j % K
         lr_t = torch.tensor([lr for lr, _ in grid], dtype=torch.float32, device=dev).repeat_interleave(k)
         wd_t = torch.tensor([wd for _, wd in grid], dtype=torch.float32, device=dev).repeat_interleave(k)
@@ -153,7 +160,8 @@ class LinearGridProbe:
             perm = torch.randperm(n, generator=gen).to(dev)
             for i in range(0, n, bs):
                 idx = perm[i : i + bs]
-                xb = (xt.index_select(0, idx).float() - mean) * inv
+                # index_select returns a fresh tensor, so the in-place ops never touch the caller's (shared) buffer.
+                xb = xt.index_select(0, idx).float().sub_(mean).mul_(inv)  # (B, D) float32, this batch only
                 yb = yt.index_select(0, idx)  # (B, K)
                 known = ~torch.isnan(yb)
                 # Each head's loss is a mean over its known (row, label) cells; heads' losses are summed.
@@ -175,7 +183,7 @@ class LinearGridProbe:
                     v_.mul_(b2).addcmul_(gp, gp, value=1 - b2)
                     denom = v_.div(bc2).sqrt_().add_(c.eps)
                     p.sub_(m_.div(bc1).div_(denom).mul_(lr_t))
-            val = self._val_scores(xv, w, b, y_val, h, k)
+            val = self._val_scores(xv, w, b, y_val, h, k, mean=mean, inv=inv)
             improved = val > best_score
             if improved.any():
                 cols = torch.from_numpy(np.repeat(improved, k)).to(dev)
@@ -209,19 +217,28 @@ class LinearGridProbe:
         return self
 
     @staticmethod
-    def _val_scores(xv, w, b, y_val, h: int, k: int) -> np.ndarray:
+    def _val_scores(xv, w, b, y_val, h: int, k: int, *, mean, inv) -> np.ndarray:
+        """Every head's val mean AUROC; val rows are standardised chunk by chunk into one (M, H*K) logit array."""
         import torch
 
+        m, d = xv.shape
+        z = np.empty((m, h * k), dtype=np.float32)
+        step = rows_per_chunk(d)
         with torch.no_grad():
-            z = torch.addmm(b, xv, w).cpu().numpy().reshape(-1, h, k)
-        return np.asarray(mean_over_labels(auroc_many(y_val, z)))
+            for i in range(0, m, step):
+                xb = (xv[i : i + step].float() - mean).mul_(inv)  # out of place: xv may share the caller's buffer
+                z[i : i + step] = torch.addmm(b, xb, w).cpu().numpy()
+        return np.asarray(mean_over_labels(auroc_many(y_val, z.reshape(-1, h, k))))
 
-    def decision_function(self, x, *, chunk: int = 65536) -> np.ndarray:
-        """(N, K) logits of the chosen head."""
+    def decision_function(self, x, *, chunk: int | None = None) -> np.ndarray:
+        """(N, K) logits of the chosen head; ``x`` (N, D) is converted to float32 one bounded chunk at a time."""
         x = np.asarray(x)
         out = np.empty((x.shape[0], self.coef_.shape[1]), dtype=np.float32)
+        chunk = chunk or rows_per_chunk(x.shape[1])
         for i in range(0, x.shape[0], chunk):
-            xb = (np.asarray(x[i : i + chunk], dtype=np.float32) - self.mean_) / self.scale_
+            xb = np.array(x[i : i + chunk], dtype=np.float32)
+            xb -= self.mean_
+            xb /= self.scale_
             out[i : i + chunk] = xb @ self.coef_ + self.intercept_
         return out
 

@@ -1,6 +1,11 @@
 """The reference study's frozen-feature head: LayerNorm -> Linear(D, 512) -> GELU -> LayerNorm -> Dropout(0.3) ->
 Linear(512, K), trained with AdamW on a masked, positively-weighted BCE; selected by validation mean AUROC over
-epochs (early stopping) and a small learning-rate sweep."""
+epochs (early stopping) and a small learning-rate sweep.
+
+No per-feature standardisation: the head's first LayerNorm normalises each row, as in the reference study. The
+features stay in their own dtype (float16 stays float16; moved to CUDA once, in that dtype); each mini-batch and
+each prediction chunk is converted to float32 only when it is used, so there is never a float32 copy of the matrix.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from probes._common import check_xy, positive_weights, resolve_device
+from probes._common import check_xy, positive_weights, resolve_device, rows_per_chunk
 from probes.errors import ProbeError
 from probes.metrics import auroc, mean_over_labels
 
@@ -72,7 +77,10 @@ class MLPProbe:
             raise ProbeError("The mlp head needs >= 1 lr, max_epochs >= 1 and batch_size >= 1.")
 
     def fit(self, x_train, y_train, x_val, y_val) -> MLPProbe:
-        """Train on ``(x_train (N, D), y_train (N, K))``; select on ``(x_val (M, D), y_val (M, K))``."""
+        """Train on ``(x_train (N, D), y_train (N, K))``; select on ``(x_val (M, D), y_val (M, K))``.
+
+        ``x_train`` and ``x_val`` may be float16 or float32; they are kept in their dtype.
+        """
         import torch
 
         c = self.config
@@ -84,7 +92,7 @@ class MLPProbe:
         pw = positive_weights(y_train) if c.pos_weight else np.ones(k, dtype=np.float32)
         self.pos_weight_ = pw
         pw_t = torch.from_numpy(pw).to(dev)
-        xt = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(dev)
+        xt = torch.from_numpy(np.ascontiguousarray(x_train)).to(dev)  # zero-copy on CPU, stored dtype on CUDA
         yt = torch.from_numpy(np.ascontiguousarray(y_train)).to(dev)
         self.results_, self.history_ = [], []
         # Initialisation and dropout draw from torch's global RNG: fork it so fitting leaves the caller's alone.
@@ -116,7 +124,7 @@ class MLPProbe:
                 perm = torch.randperm(n, generator=gen).to(dev)
                 for i in range(0, n, c.batch_size):
                     idx = perm[i : i + c.batch_size]
-                    loss = masked_bce(model(xt[idx]), yt[idx], pw_t)
+                    loss = masked_bce(model(xt[idx].float()), yt[idx], pw_t)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -137,16 +145,19 @@ class MLPProbe:
         return best
 
     @staticmethod
-    def _predict(model, x, dev, chunk: int = 65536) -> np.ndarray:
+    def _predict(model, x, dev, chunk: int | None = None) -> np.ndarray:
+        """(N, K) logits; ``x`` (N, D) goes through the model in float32 chunks of bounded size."""
         import torch
 
         model.eval()
-        out = []
+        k = model[-1].out_features
+        out = np.empty((x.shape[0], k), dtype=np.float32)
+        chunk = chunk or rows_per_chunk(x.shape[1])
         with torch.no_grad():
             for i in range(0, x.shape[0], chunk):
-                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + chunk], dtype=np.float32)).to(dev)
-                out.append(model(xb).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])).to(dev).float()
+                out[i : i + chunk] = model(xb).float().cpu().numpy()
+        return out
 
     def decision_function(self, x) -> np.ndarray:
         """(N, K) logits of the selected model."""

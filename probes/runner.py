@@ -2,6 +2,12 @@
 
 The test split is touched exactly once, after the head and its thresholds are fixed: selection (grid head, epoch,
 C, k) and Youden thresholds use the validation split only.
+
+Scale: the features are used in the dtype they come in (a float16 store stays float16). The linear, mlp and knn
+heads convert bounded chunks to float32 only when they use them; the train and val subsets are views when their rows
+are contiguous and compact copies in the input dtype otherwise. The sklearn head is the reference implementation: it
+makes float32 standardised copies of train and val and fits lbfgs per label, fine for 10^4-10^5 x 10^3 features but
+not meant for 800k x 4096 (use ``linear``).
 """
 from __future__ import annotations
 
@@ -20,6 +26,13 @@ from probes.metrics import ThresholdMode, youden_thresholds
 from probes.splits import subsample_train
 
 logger = logging.getLogger(__name__)
+
+
+def _take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` without a copy when ``rows`` is one ascending contiguous run (a view), else a copy in x's dtype."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size and (rows.size == 1 or np.all(np.diff(rows) == 1)):
+        return x[int(rows[0]) : int(rows[-1]) + 1]
+    return x[rows]
 
 
 def canonical_test_rows(ids: Sequence[str], split: np.ndarray) -> np.ndarray:
@@ -82,13 +95,14 @@ def run_probe(
     Parameters
     ----------
     x : array (N, D) float
-        Features of every row.
+        Features of every row, float16 or float32 (kept in its dtype; see the module docstring on memory).
     y : array (N, K) float
         Labels, NaN = unknown.
     split : array (N,) of str
         ``"train"``, ``"val"``, ``"test"`` (other values are ignored rows). All three must be non-empty.
     ids : sequence (N,) of str
     head : {"linear", "mlp", "knn", "sklearn"}
+        ``sklearn`` is the float32 reference (not for 800k x 4096 matrices).
     label_names : sequence (K,), optional
     groups : sequence (N,), optional
         Patient ids (label-fraction subsampling is by patient).
@@ -128,7 +142,7 @@ def run_probe(
     timings = {}
     t0 = time.perf_counter()
     probe = make_probe(head, seed=seed, device=device, **(head_options or {}))
-    probe.fit(x[tr], y[tr], x[va], y[va])
+    probe.fit(_take_rows(x, tr), y[tr], _take_rows(x, va), y[va])
     timings["fit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = probe.predict_proba(x)

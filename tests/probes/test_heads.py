@@ -119,3 +119,8 @@ def test_linear_grid_on_cuda_matches_cpu(data):
     assert abs(_test_auroc(gpu, test) - _test_auroc(cpu, test)) < 2e-3
     mlp = make_probe("mlp", device="cuda", max_epochs=3, lrs=(1e-3,)).fit(*train, *val)
     assert _test_auroc(mlp, test) > 0.75
+    # float16 features go to the device once in float16 and are converted per batch.
+    half = make_probe("linear", device="cuda", **opts).fit(train[0].astype(np.float16), train[1],
+                                                           val[0].astype(np.float16), val[1])
+    assert half.best_params_["lr"] == gpu.best_params_["lr"]
+    assert abs(_test_auroc(half, (test[0].astype(np.float16), test[1])) - _test_auroc(gpu, test)) < 1e-3
