@@ -260,7 +260,8 @@ def gpu_figures(tmp: Path, *, names: list[str], res: int, n: int, batch: dict, w
 def main() -> None:
     ap = argparse.ArgumentParser(description="extract pipeline vs bare forward")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--n", type=int, default=64, help="images for the throughput figures (CPU)")
+    ap.add_argument("--n", type=int, default=320,
+                    help="images for the throughput figures (CPU); fewer lets pipeline fill and drain dominate")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--res", type=int, default=None, help="224 on CPU, 512 on CUDA")
     ap.add_argument("--workers", type=int, default=1)

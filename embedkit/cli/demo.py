@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         res: int = typer.Option(64, "--res", min=16, help="Backbone input resolution (a multiple of 16)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the phantoms and of the tiny model."),
     ) -> None:
-        """Run phantoms -> tiny DINOv3 -> extract -> info -> probe -> index -> search, offline, in about a minute."""
+        """Run phantoms -> tiny DINOv3 -> extract -> info -> probe -> index -> search, offline, in seconds."""
         if res % 16:
             raise typer.BadParameter(f"The 'res' parameter of demo must be a multiple of 16. Got {res}.")
         out.mkdir(parents=True, exist_ok=True)
