@@ -1,7 +1,6 @@
 """Data-layer throughput: phantom generation, decode per format, preset to_uint8; one JSON line."""
 import json, tempfile, time
 from pathlib import Path
-import numpy as np
 
 def timed(fn, reps=1):
     t = time.perf_counter()

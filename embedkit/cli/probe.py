@@ -147,7 +147,6 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
     ) -> None:
         """Train a probe head on stored features and evaluate it on the test split with bootstrap CIs."""
-        import numpy as np
 
         from embedkit.errors import DataError
         from probes.bootstrap import plan_for_test_set

@@ -108,7 +108,6 @@ def _row_info(st, rows, scores) -> list[dict[str, Any]]:
 
 
 def _same_patient_rows(st, row: int):
-    import numpy as np
 
     pid = st.metadata("patient_id")
     if pid is None:
