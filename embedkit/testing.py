@@ -11,7 +11,7 @@ from embedkit.errors import ModelError
 
 TinyKind = Literal["dinov3-vit", "dinov3-vit-7b-style", "dinov3-convnext", "dinov2", "dinov2-reg", "convnext",
                    "timm-vit", "timm-convnext", "timm-test-vit-file", "original-dinov3-pth",
-                   "original-dinov3-7b-style-pth"]
+                   "original-dinov3-7b-style-pth", "original-dinov3-convnext-pth"]
 TINY_KINDS: tuple[str, ...] = TinyKind.__args__  # type: ignore[attr-defined]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -29,7 +29,8 @@ def make_tiny_backbone(kind: str, out_dir: str | Path, *, seed: int = 0) -> Path
         (gated SiLU MLP, no q/v bias), ``dinov3-convnext`` (widths 16..64), ``dinov2`` / ``dinov2-reg`` (patch 14),
         ``convnext`` (HF ConvNextModel), ``timm-vit`` / ``timm-convnext`` (timm folders), ``timm-test-vit-file``
         (a ``test_vit`` weights file: load as ``timm:test_vit@FILE``), ``original-dinov3-pth`` /
-        ``original-dinov3-7b-style-pth`` (fake original Meta DINOv3 ViT checkpoints, D=128, 2 heads).
+        ``original-dinov3-7b-style-pth`` (fake original Meta DINOv3 ViT checkpoints, D=128, 2 heads),
+        ``original-dinov3-convnext-pth`` (the ``dinov3-convnext`` model's weights in the original Meta layout).
     out_dir : str or Path
         Parent folder; the model goes to ``out_dir / f"tiny-{kind}"`` (a file for the checkpoint kinds).
     seed : int
@@ -55,7 +56,11 @@ def make_tiny_backbone(kind: str, out_dir: str | Path, *, seed: int = 0) -> Path
     if kind.startswith("original-"):
         path = out.with_suffix(".pth")
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(fake_original_dinov3(seed=seed, swiglu="7b" in kind), path)
+        if "convnext" in kind:
+            sd = dinov3_convnext_hf_to_original(tiny_dinov3_convnext().state_dict())
+        else:
+            sd = fake_original_dinov3(seed=seed, swiglu="7b" in kind)
+        torch.save(sd, path)
         return path
     if kind.startswith("timm-"):
         return _timm(kind, out)
@@ -72,8 +77,7 @@ def _transformers(kind: str, out: Path) -> Path:
             **TINY_VIT, patch_size=16, num_register_tokens=4, **extra))
         processor = _dinov3_processor()
     elif kind == "dinov3-convnext":
-        model = transformers.DINOv3ConvNextModel(transformers.DINOv3ConvNextConfig(
-            hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 2, 1]))
+        model = tiny_dinov3_convnext(perturb=False)
         processor = _dinov3_processor()
     elif kind in ("dinov2", "dinov2-reg"):
         cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14,
@@ -123,6 +127,33 @@ def _timm(kind: str, out: Path) -> Path:
     _perturb_norms(model)
     data_config = {"mean": tuple(IMAGENET_MEAN), "std": tuple(IMAGENET_STD), "input_size": (3, 224, 224)}
     save_for_hf(model, str(out), model_args=args, safe_serialization=True, data_config=data_config)
+    return out
+
+
+def tiny_dinov3_convnext(*, perturb: bool = True):
+    """A random ``transformers.DINOv3ConvNextModel`` (widths 16/32/48/64, depths 1/1/2/1), norms and layer scales
+    perturbed unless ``perturb=False``; seed torch first for reproducible weights."""
+    import transformers
+
+    model = transformers.DINOv3ConvNextModel(transformers.DINOv3ConvNextConfig(
+        hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 2, 1]))
+    if perturb:
+        _perturb_norms(model)
+    return model.eval()
+
+
+def dinov3_convnext_hf_to_original(sd: dict) -> dict:
+    """Map ``transformers.DINOv3ConvNextModel`` keys to the original Meta DINOv3 ConvNeXt layout (the ``.pth``
+    releases; Meta's classic ConvNeXt names): the inverse of transformers' ``convert_dinov3_convnext_to_hf.py``."""
+    import re
+
+    out = {}
+    for k, v in sd.items():
+        k = k.removeprefix("model.")
+        k = re.sub(r"^stages\.(\d+)\.downsample_layers\.(\d+)\.", r"downsample_layers.\1.\2.", k)
+        k = re.sub(r"^stages\.(\d+)\.layers\.(\d+)\.", r"stages.\1.\2.", k)
+        k = k.replace("depthwise_conv", "dwconv").replace("pointwise_conv", "pwconv")
+        out[re.sub(r"(^|\.)layer_norm\.", r"\1norm.", k)] = v.detach().clone().contiguous()
     return out
 
 

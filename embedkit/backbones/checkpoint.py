@@ -1,4 +1,4 @@
-"""Reading checkpoint files safely, and recognising the original Meta DINOv3 release format.
+"""Reading checkpoint files safely, and recognising the original Meta DINOv3 release formats (ViT and ConvNeXt).
 
 ``.safetensors`` is read with safetensors; ``.pt``/``.pth``/``.bin`` only with ``torch.load(weights_only=True)``
 (a pickle that needs any non-tensor class is refused, never executed).
@@ -79,6 +79,45 @@ def is_original_dinov3(sd: dict) -> bool:
 def is_original_dinov3_convnext(sd: dict) -> bool:
     """Whether ``sd`` is in the original DINOv3 ConvNeXt layout (``downsample_layers.0.0``, ``stages.i.j.dwconv``)."""
     return "downsample_layers.0.0.weight" in sd and "stages.0.0.dwconv.weight" in sd
+
+
+@dataclass(frozen=True)
+class ConvNextArch:
+    """Architecture of an original-layout (Meta classic / DINOv3) ConvNeXt checkpoint, read from tensor shapes."""
+
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    layerscale: bool
+    has_head: bool
+
+
+# The DINOv3 ConvNeXt releases: size -> (depths, dims) (transformers' convert_dinov3_convnext_to_hf.py).
+DINOV3_CONVNEXT_SIZES = {
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+}
+
+
+def infer_convnext_arch(sd: dict) -> ConvNextArch:
+    """Read depths and widths of an original-layout ConvNeXt (``stages.i.j.dwconv``) from tensor shapes.
+
+    Raises
+    ------
+    ModelError
+        Stages not numbered 0..N-1, or a stage without blocks.
+    """
+    blocks: dict[int, int] = {}
+    for k in sd:
+        if (m := re.match(r"stages\.(\d+)\.(\d+)\.dwconv\.weight$", k)) is not None:
+            i, j = int(m.group(1)), int(m.group(2))
+            blocks[i] = max(blocks.get(i, 0), j + 1)
+    if not blocks or sorted(blocks) != list(range(len(blocks))):
+        raise ModelError(f"ConvNeXt checkpoint stages are not numbered 0..N-1: found {sorted(blocks)}.")
+    dims = tuple(int(sd[f"stages.{i}.0.dwconv.weight"].shape[0]) for i in range(len(blocks)))
+    return ConvNextArch(depths=tuple(blocks[i] for i in range(len(blocks))), dims=dims,
+                        layerscale="stages.0.0.gamma" in sd, has_head="head.weight" in sd)
 
 
 def infer_dinov3_arch(sd: dict, *, num_heads: int | None = None) -> Dinov3Arch:

@@ -60,7 +60,7 @@ def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "a
     factory = get_factory(spec.name)
     if factory is not None:
         return factory(spec, loc, device=dev, precision=prec, features=views)  # type: ignore[return-value]
-    if spec.source == "timm" or (loc.kind == "file" and spec.family == "vit"):
+    if spec.source == "timm" or loc.kind == "file":
         from embedkit.backbones.timm_backbones import load_timm
 
         return load_timm(spec, loc, device=dev, precision=prec, views=views, allow_download=allow_download)

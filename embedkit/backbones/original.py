@@ -1,6 +1,7 @@
 """Original Meta DINOv3 ``.pth`` releases (and other bare checkpoint files): spec from tensor shapes, timm build.
 
-The ViT releases load through timm's Eva ``checkpoint_filter_fn`` (it recognises DINOv3 by ``storage_tokens``),
+The ViT releases load through timm's Eva ``checkpoint_filter_fn`` (it recognises DINOv3 by ``storage_tokens``), the
+ConvNeXt releases (Meta's classic ConvNeXt key layout) through timm's ConvNeXt ``checkpoint_filter_fn``; both are
 passed the state dict we read ourselves with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -9,8 +10,14 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from embedkit.backbones.checkpoint import infer_dinov3_arch, is_original_dinov3, is_original_dinov3_convnext
-from embedkit.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, find_spec
+from embedkit.backbones.checkpoint import (
+    DINOV3_CONVNEXT_SIZES,
+    infer_convnext_arch,
+    infer_dinov3_arch,
+    is_original_dinov3,
+    is_original_dinov3_convnext,
+)
+from embedkit.backbones.spec import CONVNEXT_DEFAULT_VIEWS, IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, find_spec
 from embedkit.errors import ModelError
 
 _META_NAME = re.compile(r"dinov3_(vit\w+?|convnext_[a-z]+)_pretrain")
@@ -37,7 +44,7 @@ def read_shapes(path: str | Path) -> dict:
 
 
 def spec_from_checkpoint(path: Path) -> BackboneSpec:
-    """A spec for a bare checkpoint file; only the original DINOv3 ViT layout carries enough to rebuild it.
+    """A spec for a bare checkpoint file; only the original DINOv3 ViT and ConvNeXt layouts carry enough to rebuild it.
 
     Raises
     ------
@@ -59,9 +66,7 @@ def spec_from_checkpoint(path: Path) -> BackboneSpec:
                 spec = replace(spec, name=known.name)
         return spec
     if is_original_dinov3_convnext(shapes):
-        raise ModelError(f"'{path}' is an original DINOv3 ConvNeXt checkpoint; loading that layout is not "
-                         "supported yet. Use the transformers release (`--model dinov3-convnext-base` or its hub "
-                         "folder) or timm's (`--model timm:convnext_base.dinov3_lvd1689m@FILE.safetensors`).")
+        return _convnext_spec(path, shapes)
     raise ModelError(f"Cannot tell the architecture of '{path}' from its tensors. Put a config.json next to it "
                      "(save_pretrained layout), or name the model: `--model MODEL@FILE` / `--model timm:NAME@FILE`.")
 
@@ -79,3 +84,38 @@ def timm_kwargs_for_original(sd: dict) -> tuple[str, dict]:
         # align_to=1 selects timm's split-gate SwiGLU (fc1_g/fc1_x), the layout the filter maps w1/w2 onto.
         kwargs.update(swiglu_mlp=True, swiglu_align_to=1)
     return "vit_base_patch16_dinov3", kwargs
+
+
+def _convnext_size(depths: tuple[int, ...], dims: tuple[int, ...]) -> str | None:
+    return next((size for size, shape in DINOV3_CONVNEXT_SIZES.items() if shape == (depths, dims)), None)
+
+
+def _convnext_spec(path: Path, shapes: dict) -> BackboneSpec:
+    """Spec of an original-layout ConvNeXt file: the registered ``dinov3-convnext-SIZE`` when its depths and widths
+    are a DINOv3 release's and it has no classifier head (Meta's classic ConvNeXt checkpoints share the layout but
+    carry ``head.weight``), a generic spec otherwise."""
+    arch = infer_convnext_arch(shapes)
+    dinov3 = not arch.has_head
+    spec = BackboneSpec(
+        name=f"{'dinov3-convnext' if dinov3 else 'convnext'}:{path.stem}", source="timm", hub_id=None,
+        embed_dim=arch.dims[-1], patch_size=32, num_registers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        license="dinov3-license" if dinov3 else "unknown", family="convnext", default_views=CONVNEXT_DEFAULT_VIEWS,
+        notes=f"original-layout ConvNeXt checkpoint (depths {list(arch.depths)}, widths {list(arch.dims)}), loaded "
+              "through timm's ConvNeXt checkpoint filter")
+    size = _convnext_size(arch.depths, arch.dims)
+    known = find_spec(f"dinov3-convnext-{size}") if dinov3 and size else None
+    if known is not None and known.embed_dim == arch.dims[-1]:
+        spec = replace(spec, name=known.name)
+    return spec
+
+
+def timm_kwargs_for_original_convnext(sd: dict) -> tuple[str, dict]:
+    """timm architecture + keyword overrides that rebuild an original-layout ConvNeXt checkpoint.
+
+    timm's ConvNeXt ``checkpoint_filter_fn`` maps ``downsample_layers.i.j`` / ``stages.i.j.{dwconv,pwconv*,gamma}``
+    / ``norm`` onto its module tree; it runs when the state dict is handed to ``timm.create_model``.
+    """
+    arch = infer_convnext_arch(sd)
+    size = _convnext_size(arch.depths, arch.dims)
+    kwargs = dict(depths=arch.depths, dims=arch.dims, ls_init_value=1e-6 if arch.layerscale else None)
+    return f"convnext_{size or 'base'}", kwargs

@@ -1,4 +1,5 @@
-"""timm backbones: ViTs (VisionTransformer, Eva incl. DINOv3 and original Meta checkpoints) and ConvNeXts.
+"""timm backbones: ViTs (VisionTransformer, Eva incl. DINOv3 and original Meta checkpoints) and ConvNeXts (incl.
+original DINOv3 ConvNeXt checkpoints).
 
 Weights are always read by embedkit (safetensors, or ``torch.load(weights_only=True)``) and handed to timm as a
 state dict, so timm applies its architecture's checkpoint filter (position-embedding resampling, DINOv3 key
@@ -134,17 +135,20 @@ def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, view
         pretrained_cfg.setdefault("architecture", arch)
         module = _create(arch, read_state_dict(files[0]), pretrained_cfg=pretrained_cfg, **model_args)
         ident, path = None, str(folder)
-    else:  # an original-format DINOv3 checkpoint
-        from embedkit.backbones.original import timm_kwargs_for_original
-
-        from embedkit.backbones.checkpoint import is_original_dinov3
+    else:  # an original-format DINOv3 checkpoint (ViT, or ConvNeXt in Meta's classic layout)
+        from embedkit.backbones.checkpoint import is_original_dinov3, is_original_dinov3_convnext
+        from embedkit.backbones.original import timm_kwargs_for_original, timm_kwargs_for_original_convnext
 
         files = [Path(loc.weights_file or loc.ref)]
         sd = read_state_dict(files[0])
-        if not is_original_dinov3(sd):
-            raise ModelError(f"'{files[0]}' is not an original-format DINOv3 ViT checkpoint; for a transformers model "
-                             "pass its save_pretrained folder (config.json + model.safetensors) instead.")
-        arch, model_args = timm_kwargs_for_original(sd)
+        if is_original_dinov3(sd):
+            arch, model_args = timm_kwargs_for_original(sd)
+        elif is_original_dinov3_convnext(sd):
+            arch, model_args = timm_kwargs_for_original_convnext(sd)
+        else:
+            raise ModelError(f"'{files[0]}' is not an original-format DINOv3 checkpoint (ViT or ConvNeXt); for a "
+                             "transformers model pass its save_pretrained folder (config.json + model.safetensors) "
+                             "instead.")
         module = _create(arch, sd, **model_args)
         ident, path = None, str(files[0])
     patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)

@@ -176,3 +176,54 @@ def test_model_at_file_checks_the_weights(tiny):
         load_backbone(f"dinov3-vitb16@{tiny('original-dinov3-pth')}")
     with pytest.raises(ModelError, match="not an original-format DINOv3"):
         load_backbone("dinov3-vitb16", weights=tiny("dinov3-vit") / "model.safetensors")
+
+
+def test_original_dinov3_convnext_pth_matches_transformers(tmp_path):
+    # HF weights -> original Meta layout .pth -> load_backbone (timm + its ConvNeXt filter) == HF's own outputs.
+    from embedkit.testing import dinov3_convnext_hf_to_original, tiny_dinov3_convnext
+
+    torch.manual_seed(0)
+    model = tiny_dinov3_convnext()
+    ckpt = tmp_path / "dinov3_convnext_tiny_test.pth"
+    torch.save(dinov3_convnext_hf_to_original(model.state_dict()), ckpt)
+    bb = load_backbone(ckpt, features=["pooled", "stage1_pooled", "stage2_pooled", "stage3_pooled", "stage4_pooled"])
+    assert bb.spec.family == "convnext" and bb.spec.name == "dinov3-convnext:dinov3_convnext_tiny_test"
+    assert bb.views == {"pooled": 64, "stage1_pooled": 16, "stage2_pooled": 32, "stage3_pooled": 48,
+                        "stage4_pooled": 64}
+    x = torch.randn(2, 3, 96, 96)
+    out = bb.embed(x)
+    with torch.no_grad():
+        ref = model(pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(out["pooled"], ref.pooler_output, atol=1e-5, rtol=0)
+    for i in range(1, 5):
+        torch.testing.assert_close(out[f"stage{i}_pooled"], ref.hidden_states[i].mean((2, 3)), atol=1e-5, rtol=0)
+    assert bb.provenance()["sha256"] == file_sha256(ckpt)
+
+
+def test_original_convnext_size_maps_to_the_registry(tmp_path):
+    # Only the shapes matter for the spec: a stub with the released depths/widths (dwconv + stem tensors only).
+    from embedkit.backbones.checkpoint import DINOV3_CONVNEXT_SIZES
+    from embedkit.backbones.original import spec_from_checkpoint
+
+    for size in ("tiny", "small", "base"):
+        depths, dims = DINOV3_CONVNEXT_SIZES[size]
+        sd = {"downsample_layers.0.0.weight": torch.zeros(dims[0], 3, 4, 4)}
+        sd.update({f"stages.{i}.{j}.dwconv.weight": torch.zeros(d, 1, 1, 1)
+                   for i, (n, d) in enumerate(zip(depths, dims)) for j in range(n)})
+        torch.save(sd, tmp_path / f"{size}.pth")
+        spec = spec_from_checkpoint(tmp_path / f"{size}.pth")
+        assert (spec.name, spec.embed_dim, spec.source) == (f"dinov3-convnext-{size}", dims[-1], "timm")
+        sd["head.weight"] = torch.zeros(1000, dims[-1])  # Meta's classic ConvNeXt: same layout, with a classifier
+        torch.save(sd, tmp_path / f"classic-{size}.pth")
+        assert spec_from_checkpoint(tmp_path / f"classic-{size}.pth").name == f"convnext:classic-{size}"
+
+
+def test_truncated_original_convnext_pth_is_a_model_error(tiny, tmp_path):
+    good = tiny("original-dinov3-convnext-pth")
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelError, match="weights_only=True"):
+        load_backbone(bad)
+    (tmp_path / "garbage.pth").write_bytes(os.urandom(4096))
+    with pytest.raises(ModelError, match="weights_only=True"):
+        load_backbone(tmp_path / "garbage.pth")
