@@ -140,11 +140,20 @@ def write_raw_chunk(array: zarr.Array, root: Path, row_chunk: int, data, *, dura
         pad[: full.shape[0]] = full
         full = pad
     path = root / array.path / array.metadata.encode_chunk_key((row_chunk, 0))
+    _atomic_write(path, memoryview(np.ascontiguousarray(full)).cast("B"), durable=durable)
+
+
+def _atomic_write(path: Path, payload, *, durable: bool) -> None:
+    """Write ``payload`` to a temporary name beside ``path`` and rename it over ``path``.
+
+    With ``durable`` the file, its directory and (when the directory is new) the parent directory are fsync'd, so
+    a crash leaves either the old content or the new one.
+    """
     new_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     with open(tmp, "wb") as f:
-        f.write(memoryview(np.ascontiguousarray(full)).cast("B"))
+        f.write(payload)
         if durable:
             f.flush()
             os.fsync(f.fileno())
@@ -239,13 +248,4 @@ def write_raw_1d_chunk(array: zarr.Array, root: Path, chunk: int, data, *, durab
     if (full == fill).all() and not array.config.write_empty_chunks:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as f:
-        f.write(full.tobytes())
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        _fsync_path(path.parent)
+    _atomic_write(path, full.tobytes(), durable=durable)
