@@ -17,6 +17,7 @@ import numpy as np
 
 from probes._common import check_xy, rows_per_chunk, select_best
 from probes.errors import ProbeError
+from probes.heads import check_options
 from probes.metrics import auroc, mean_over_labels
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class KNNProbe:
     kind = "knn"
 
     def __init__(self, *, ks: tuple[int, ...] = DEFAULT_KS, temperature: float = 0.07, query_batch: int = 4096,
-                 seed: int = 0, device: str = "cpu") -> None:
+                 seed: int = 0, device: str = "cpu", **unknown) -> None:
+        check_options("knn", unknown)
         if not ks or min(ks) < 1 or temperature <= 0 or query_batch < 256:
             raise ProbeError("knn needs ks >= 1, temperature > 0 and query_batch >= 256.")
         self.ks, self.temperature, self.query_batch, self.seed = tuple(sorted(set(ks))), temperature, query_batch, seed

@@ -13,6 +13,7 @@ import numpy as np
 
 from probes._common import check_xy, positive_weights, select_best, standardizer
 from probes.errors import ProbeError
+from probes.heads import check_options
 from probes.metrics import auroc, mean_over_labels
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class LogisticSweepProbe:
     kind = "sklearn"
 
     def __init__(self, *, Cs: tuple[float, ...] = DEFAULT_CS, max_iter: int = 1000, pos_weight: bool = True,
-                 n_jobs: int = 1, seed: int = 0, device: str = "cpu") -> None:
+                 n_jobs: int = 1, seed: int = 0, device: str = "cpu", **unknown) -> None:
+        check_options("sklearn", unknown)
         if not Cs or min(Cs) <= 0:
             raise ProbeError("The sklearn head needs at least one C > 0.")
         self.Cs, self.max_iter, self.pos_weight, self.n_jobs, self.seed = tuple(Cs), max_iter, pos_weight, n_jobs, seed

@@ -11,6 +11,11 @@ Conventions
 - A resample is a row of non-negative weights ``(N,)`` (the multiplicity of each row in a bootstrap draw), so the
   same code computes the point estimate (weights = 1) and 1,000 resamples (a ``(B, N)`` weight matrix).
 - A label with one class (in the data or in a resample) gives NaN; means over labels ignore NaN.
+- Threshold rule (``rule``): ``"ge"`` (default) predicts positive when ``score >= threshold`` and takes Youden's
+  threshold at the first (highest-threshold) maximum of TPR - FPR over the distinct scores. ``"gt"`` is the
+  reference study's rule (``Prediction_vitmed.bootstrapper``): ``thresholds`` of ``sklearn.metrics.roc_curve``
+  (``inf`` first, then the distinct scores), ``argmax(tpr - fpr)``, then ``score > threshold`` — so the rows *at*
+  the chosen threshold are predicted negative, and a maximum of J <= 0 picks ``inf`` (nothing predicted positive).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1")
 ThresholdMode = Literal["val", "youden-test"]
+ThresholdRule = Literal["ge", "gt"]
+THRESHOLD_RULES = ("ge", "gt")
 
 
 class SingleClassWarning(UserWarning):
@@ -158,6 +165,33 @@ def _youden_index(tp: np.ndarray, fp: np.ndarray, p: np.ndarray, n: np.ndarray) 
     return np.argmax(tp * n - fp * p, axis=0)
 
 
+def _youden_counts(tp: np.ndarray, fp: np.ndarray, p, n, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B,) true/false positives at Youden's threshold under ``rule``, and the chosen ROC point's index.
+
+    The index is into ``[inf, group scores...]`` for ``"gt"`` (sklearn's ``roc_curve`` points, (0, 0) first) and
+    into the group scores for ``"ge"``. Under ``"gt"`` the counts are those of the point *before* the chosen one:
+    ``score > group score`` excludes the group itself.
+    """
+    if rule == "ge":
+        g = _youden_index(tp, fp, p, n)[None, :]
+        return np.take_along_axis(tp, g, axis=0)[0], np.take_along_axis(fp, g, axis=0)[0], g[0]
+    zero = np.zeros((1, tp.shape[1]))
+    tp_e, fp_e = np.concatenate([zero, tp]), np.concatenate([zero, fp])
+    # sklearn's J in floating point, tpr - fpr = tp/P - fp/N: exact ties can differ by an ulp there, and the
+    # reference took whichever argmax its floats gave.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        j = tp_e / np.asarray(p, dtype=np.float64)[None, :] - fp_e / np.asarray(n, dtype=np.float64)[None, :]
+    g = np.argmax(j, axis=0)
+    before = np.maximum(g - 1, 0)[None, :]
+    return np.take_along_axis(tp_e, before, axis=0)[0], np.take_along_axis(fp_e, before, axis=0)[0], g
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in THRESHOLD_RULES:
+        raise ProbeError(f"The threshold rule must be 'ge' (score >= threshold) or 'gt' (score > threshold, the "
+                         f"reference study's). Got {rule!r}.")
+
+
 # ----------------------------------------------------------------------------------------------- point metrics
 def _per_label(y_true, scores, which: int):
     y, s, one_d = _as_2d(y_true, scores)
@@ -215,7 +249,7 @@ def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.r_[0.0, fp[:, 0] / n], np.r_[0.0, tp[:, 0] / p], np.r_[np.inf, lab.group_scores]
 
 
-def youden_thresholds(y_true, scores, *, default: float = 0.5) -> np.ndarray:
+def youden_thresholds(y_true, scores, *, default: float = 0.5, rule: ThresholdRule = "ge") -> np.ndarray:
     """Per-label threshold maximising Youden's J (TPR - FPR) on the given rows (use validation rows).
 
     Parameters
@@ -224,12 +258,21 @@ def youden_thresholds(y_true, scores, *, default: float = 0.5) -> np.ndarray:
     scores : array (N, K)
     default : float
         Threshold of a label with one known class (the reference study's 0.5).
+    rule : {"ge", "gt"}
+        How the threshold will be applied (see the module docstring). ``"gt"`` returns sklearn ``roc_curve``'s
+        threshold at ``argmax(tpr - fpr)``, possibly ``inf``.
 
     Returns
     -------
     ndarray (K,)
-        Predict positive when ``score >= threshold``.
+        Predict positive when ``score >= threshold`` (``rule="ge"``) or ``score > threshold`` (``rule="gt"``).
+
+    Examples
+    --------
+    >>> youden_thresholds([[0], [0], [1], [1]], [[0.1], [0.4], [0.35], [0.8]]).tolist()
+    [0.35]
     """
+    _check_rule(rule)
     y, s, _ = _as_2d(y_true, scores)
     ones = np.ones((y.shape[0], 1))
     out = np.full(y.shape[1], default, dtype=np.float64)
@@ -237,12 +280,12 @@ def youden_thresholds(y_true, scores, *, default: float = 0.5) -> np.ndarray:
         lab = _prep(y[:, k], s[:, k])
         if lab.pos.size and lab.neg.size:
             tp, fp = _group_curves(lab, ones, y[:, k] == 1.0)
-            g = _youden_index(tp, fp, np.array([lab.pos.size]), np.array([lab.neg.size]))[0]
-            out[k] = lab.group_scores[g]
+            _, _, g = _youden_counts(tp, fp, np.array([lab.pos.size]), np.array([lab.neg.size]), rule)
+            out[k] = lab.group_scores[g[0]] if rule == "ge" else np.r_[np.inf, lab.group_scores][g[0]]
     return out
 
 
-def threshold_metrics(y_true, scores, thresholds) -> dict[str, np.ndarray]:
+def threshold_metrics(y_true, scores, thresholds, *, rule: ThresholdRule = "ge") -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy, sensitivity, specificity, precision and F1 per label at fixed thresholds.
 
     Parameters
@@ -250,21 +293,23 @@ def threshold_metrics(y_true, scores, thresholds) -> dict[str, np.ndarray]:
     y_true : array (N, K)
     scores : array (N, K)
     thresholds : array (K,)
-        Predict positive when ``score >= threshold``.
+    rule : {"ge", "gt"}
+        Predict positive when ``score >= threshold`` (default) or ``score > threshold`` (the reference study).
 
     Returns
     -------
     dict name -> ndarray (K,)
     """
+    _check_rule(rule)
     y, s, _ = _as_2d(y_true, scores)
-    out = _fixed_threshold_rates(y, s, np.ones((1, y.shape[0]), dtype=np.float32), thresholds)
+    out = _fixed_threshold_rates(y, s, np.ones((1, y.shape[0]), dtype=np.float32), thresholds, rule=rule)
     return {m: v[0] for m, v in out.items()}
 
 
-def _fixed_threshold_rates(y, s, w, thresholds) -> dict[str, np.ndarray]:
+def _fixed_threshold_rates(y, s, w, thresholds, *, rule: str = "ge") -> dict[str, np.ndarray]:
     """(B, K) threshold metrics; all labels and resamples in one matmul of the weights with 0/1 indicators."""
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (y.shape[1],))
-    pred = s >= thr[None, :]
+    pred = s > thr[None, :] if rule == "gt" else s >= thr[None, :]
     pos, neg = y == 1.0, y == 0.0
     ind = np.concatenate([pos & pred, neg & pred, pos, neg], axis=1).astype(np.float32)
     # Counts are integers below 2**24, so float32 products are exact.
@@ -334,6 +379,7 @@ def resampled_metrics(
     *,
     thresholds: np.ndarray | None = None,
     threshold_mode: ThresholdMode = "val",
+    rule: ThresholdRule = "ge",
     chunk_elems: int = 8_000_000,
 ) -> dict[str, np.ndarray]:
     """Every metric on every resample at once.
@@ -350,6 +396,9 @@ def resampled_metrics(
     threshold_mode : {"val", "youden-test"}
         ``"youden-test"`` re-picks Youden's threshold on each resample of the test set (the reference study's
         protocol; optimistic, reported for comparability only).
+    rule : {"ge", "gt"}
+        Threshold rule of both modes: ``"gt"`` is the reference study's (``score > threshold`` at sklearn
+        ``roc_curve``'s Youden threshold; see the module docstring), ``"ge"`` the default.
     chunk_elems : int
         Resamples are processed in chunks of about this many (row, resample) cells to bound memory.
 
@@ -364,6 +413,7 @@ def resampled_metrics(
         raise ProbeError(f"weights must be (B, {y.shape[0]}); got {w.shape}.")
     if threshold_mode not in ("val", "youden-test"):
         raise ProbeError(f"threshold_mode must be 'val' or 'youden-test'; got {threshold_mode!r}.")
+    _check_rule(rule)
     b_total, k_total = w.shape[0], y.shape[1]
     out = {m: np.full((b_total, k_total), np.nan) for m in ("auroc", "ap")}
     labels = [_prep(y[:, k], s[:, k]) for k in range(k_total)]
@@ -371,7 +421,7 @@ def resampled_metrics(
     if youden:
         out.update({m: np.full((b_total, k_total), np.nan) for m in THRESHOLD_METRICS})
     elif thresholds is not None:
-        out.update(_fixed_threshold_rates(y, s, w, thresholds))
+        out.update(_fixed_threshold_rates(y, s, w, thresholds, rule=rule))
     step = max(1, chunk_elems // max(1, y.shape[0]))
     for b0 in range(0, b_total, step):
         # (N, B) layout: a row gather then copies contiguous resample vectors.
@@ -383,9 +433,7 @@ def resampled_metrics(
             out["ap"][sl, k] = ap
             if youden and lab.order.size:
                 tp, fp = _group_curves(lab, wt, y[:, k] == 1.0)
-                g = _youden_index(tp, fp, p, n)[None, :]
-                tp_b = np.take_along_axis(tp, g, axis=0)[0]
-                fp_b = np.take_along_axis(fp, g, axis=0)[0]
+                tp_b, fp_b, _ = _youden_counts(tp, fp, p, n, rule)
                 for name, v in _rates(tp_b, fp_b, p, n).items():
                     out[name][sl, k] = v
     return out

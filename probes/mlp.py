@@ -1,6 +1,14 @@
 """The reference study's frozen-feature head: LayerNorm -> Linear(D, 512) -> GELU -> LayerNorm -> Dropout(0.3) ->
-Linear(512, K), trained with AdamW on a masked, positively-weighted BCE; selected by validation mean AUROC over
-epochs (early stopping) and a small learning-rate sweep.
+Linear(512, K), trained with AdamW on a masked, positively-weighted BCE.
+
+Two selection rules (``select``):
+
+- ``"val_auroc"`` (default): the epoch of best validation mean AUROC, with early stopping (``patience``) and a
+  small learning-rate sweep (``lrs``);
+- ``"val_loss"``: the epoch of lowest validation loss (the same masked, ``pos_weight``-ed BCE as training) — the
+  reference study's "best model whenever validation loss improves". With ``patience=None`` every epoch of the
+  budget runs (the study's fixed epoch budget); ``lr=1e-5, batch_size=30, drop_last=True`` complete its recipe
+  (``embedkit.protocols`` holds it as the ``paper`` protocol).
 
 No per-feature standardisation: the head's first LayerNorm normalises each row, as in the reference study. The
 features stay in their own dtype (float16 stays float16; moved to CUDA once, in that dtype); each mini-batch and
@@ -11,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -31,10 +40,15 @@ class MLPConfig:
     dropout: float = 0.3
     batch_size: int = 512
     max_epochs: int = 50
-    patience: int = 5
+    patience: int | None = 5  # epochs without improvement before stopping; None = run the whole budget
+    drop_last: bool = False  # skip the last incomplete mini-batch of each epoch (torch DataLoader's drop_last)
+    select: Literal["val_auroc", "val_loss"] = "val_auroc"
     pos_weight: bool = True
     seed: int = 0
     device: str = "cpu"
+
+
+SELECT_RULES = ("val_auroc", "val_loss")
 
 
 def build_mlp(d: int, k: int, *, hidden: int = 512, dropout: float = 0.3):
@@ -57,24 +71,45 @@ def masked_bce(logits, y, pos_weight):
 
 
 class MLPProbe:
-    """MLP head with early stopping on validation mean AUROC.
+    """MLP head selected on validation mean AUROC (default) or validation loss.
+
+    Parameters
+    ----------
+    config : MLPConfig, optional
+    **overrides
+        ``MLPConfig`` fields, plus ``lr`` (one learning rate, for ``lrs=(lr,)``) and ``epochs`` (``max_epochs``).
 
     Attributes (after ``fit``)
     --------------------------
-    best_params_ : dict (lr, weight_decay, epoch), best_val_auroc_ : float, results_ : list[dict],
-    history_ : list[dict], model_ : nn.Module (best weights, eval mode, on CPU)
+    best_params_ : dict (lr, weight_decay, epoch, and the recipe), best_val_auroc_ : float (at the selected
+    epoch), best_val_loss_ : float, results_ : list[dict], history_ : list[dict] (val_auroc and val_loss per epoch),
+    model_ : nn.Module (best weights, eval mode, on CPU)
     """
 
     kind = "mlp"
 
     def __init__(self, config: MLPConfig | None = None, **overrides) -> None:
         base = asdict(config) if config is not None else {}
+        # The CLI's head options: one learning rate (``lr``) and an epoch budget (``epochs``).
+        for short, full in (("lr", "lrs"), ("epochs", "max_epochs")):
+            if short in overrides:
+                if full in overrides:
+                    raise ProbeError(f"Give the mlp head either '{short}' or '{full}', not both.")
+                value = overrides.pop(short)
+                overrides[full] = (value,) if short == "lr" else value
         try:
             self.config = MLPConfig(**{**base, **overrides})
         except TypeError as exc:
             raise ProbeError(f"unknown mlp option: {exc}") from None
-        if not self.config.lrs or self.config.max_epochs < 1 or self.config.batch_size < 1:
-            raise ProbeError("The mlp head needs >= 1 lr, max_epochs >= 1 and batch_size >= 1.")
+        c = self.config
+        if not c.lrs or min(c.lrs) <= 0 or c.max_epochs < 1 or c.batch_size < 1:
+            raise ProbeError("The mlp head needs lr > 0 (>= 1 of them), epochs >= 1 and batch_size >= 1. "
+                             f"Got lrs={c.lrs}, epochs={c.max_epochs}, batch_size={c.batch_size}.")
+        if c.patience is not None and c.patience < 1:
+            raise ProbeError(f"The 'patience' option of the mlp head must be >= 1 or None. Got {c.patience}.")
+        if c.select not in SELECT_RULES:
+            raise ProbeError(f"The 'select' option of the mlp head must be one of {', '.join(SELECT_RULES)}. "
+                             f"Got {c.select!r}.")
 
     def fit(self, x_train, y_train, x_val, y_val) -> MLPProbe:
         """Train on ``(x_train (N, D), y_train (N, K))``; select on ``(x_val (M, D), y_val (M, K))``.
@@ -91,6 +126,9 @@ class MLPProbe:
         k = y_train.shape[1]
         pw = positive_weights(y_train) if c.pos_weight else np.ones(k, dtype=np.float32)
         self.pos_weight_ = pw
+        if c.drop_last and n < c.batch_size:
+            raise ProbeError(f"drop_last with batch_size {c.batch_size} leaves no batch of the {n} training rows; "
+                             "lower --batch-size.")
         pw_t = torch.from_numpy(pw).to(dev)
         xt = torch.from_numpy(np.ascontiguousarray(x_train)).to(dev)  # zero-copy on CPU, stored dtype on CUDA
         yt = torch.from_numpy(np.ascontiguousarray(y_train)).to(dev)
@@ -100,48 +138,65 @@ class MLPProbe:
             best = self._sweep(c, xt, yt, x_val, y_val, pw_t, dev, n, d, k)
         if best[1] is None:
             raise ProbeError("no label has both classes in the validation split; cannot select the mlp head.")
-        self.best_val_auroc_ = float(best[0])
-        self.best_params_ = {**best[2], "hidden": c.hidden, "dropout": c.dropout, "batch_size": c.batch_size,
-                             "seed": c.seed}
+        self.best_val_auroc_ = float(best[2]["val_auroc"])
+        self.best_val_loss_ = float(best[2]["val_loss"])
+        self.best_params_ = {k: best[2][k] for k in ("lr", "weight_decay", "epoch")}
+        self.best_params_.update(hidden=c.hidden, dropout=c.dropout, batch_size=c.batch_size, seed=c.seed,
+                                 select=c.select, drop_last=c.drop_last, epochs=c.max_epochs, patience=c.patience)
         self.model_ = build_mlp(d, k, hidden=c.hidden, dropout=c.dropout)
         self.model_.load_state_dict(best[1])
         self.model_.eval()
         return self
 
     def _sweep(self, c, xt, yt, x_val, y_val, pw_t, dev, n: int, d: int, k: int):
+        """Train one run per lr; return ``(criterion, state, info)`` of the selected epoch (criterion: higher is
+        better, i.e. AUROC or minus the loss)."""
         import torch
 
+        by_loss = c.select == "val_loss"
+        stop = n - c.batch_size + 1 if c.drop_last else n
+        yv = torch.from_numpy(np.ascontiguousarray(y_val, dtype=np.float32))
         best = (-np.inf, None, None)
         for lr in c.lrs:
             torch.manual_seed(c.seed)  # same init for every lr: the sweep compares learning rates only
             gen = torch.Generator().manual_seed(c.seed)
             model = build_mlp(d, k, hidden=c.hidden, dropout=c.dropout).to(dev)
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=c.weight_decay)
-            run_best, run_epoch, run_state, stale = -np.inf, 0, None, 0
+            run_best, run_info, run_state, stale = -np.inf, None, None, 0
             for epoch in range(1, c.max_epochs + 1):
                 t0 = time.perf_counter()
                 model.train()
                 perm = torch.randperm(n, generator=gen).to(dev)
-                for i in range(0, n, c.batch_size):
+                for i in range(0, stop, c.batch_size):
                     idx = perm[i : i + c.batch_size]
                     loss = masked_bce(model(xt[idx].float()), yt[idx], pw_t)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                score = mean_over_labels(auroc(y_val, self._predict(model, x_val, dev)))
-                self.history_.append({"lr": lr, "epoch": epoch, "val_auroc": score,
+                logits = self._predict(model, x_val, dev)
+                score = mean_over_labels(auroc(y_val, logits))
+                val_loss = float(masked_bce(torch.from_numpy(logits), yv, pw_t.cpu()))
+                self.history_.append({"lr": lr, "epoch": epoch, "val_auroc": score, "val_loss": val_loss,
                                       "seconds": time.perf_counter() - t0})
-                if score > run_best + 1e-5:
-                    run_best, run_epoch, stale = score, epoch, 0
+                crit = -val_loss if by_loss else score
+                # AUROC must improve by 1e-5 (noise); a loss counts when strictly lower, as in the reference.
+                if crit > run_best + (0.0 if by_loss else 1e-5) and (by_loss or np.isfinite(score)):
+                    run_best, stale = crit, 0
+                    run_info = {"lr": lr, "weight_decay": c.weight_decay, "epoch": epoch, "val_auroc": score,
+                                "val_loss": val_loss}
                     run_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
                 else:
                     stale += 1
-                    if stale >= c.patience:
+                    if c.patience is not None and stale >= c.patience:
                         break
-            self.results_.append({"lr": lr, "weight_decay": c.weight_decay, "val_auroc": run_best,
-                                  "best_epoch": run_epoch})
+            self.results_.append({"lr": lr, "weight_decay": c.weight_decay,
+                                  "val_auroc": run_info["val_auroc"] if run_info else float("nan"),
+                                  "val_loss": run_info["val_loss"] if run_info else float("nan"),
+                                  "best_epoch": run_info["epoch"] if run_info else 0})
             if run_state is not None and run_best > best[0]:
-                best = (run_best, run_state, {"lr": lr, "weight_decay": c.weight_decay, "epoch": run_epoch})
+                best = (run_best, run_state, run_info)
+        if by_loss and best[2] is not None and not np.isfinite(best[2]["val_auroc"]):
+            return (-np.inf, None, None)  # no label with both classes: refuse, as the AUROC rule does
         return best
 
     @staticmethod

@@ -18,6 +18,9 @@ Conventions, whatever the format: shape (H, W), dtype float32, 0 = black = air, 
   Multi-frame files: the first frame. Compressed transfer syntaxes go through pydicom's pixel plugins; when none
   is installed the error names the plugin to install.
 
+``decode_raw`` is the other path, for the ``paper`` preset only: the file's own integer samples as the reference
+study's script read them (``cv2.imread`` semantics for PNG/JPEG, raw ``pixel_array`` for DICOM), no scaling.
+
 Failures raise ``embedkit.errors.DecodeError`` with the file name and the reason, never a DICOM identifying value.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import math
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +99,118 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
     if not np.isfinite(out).all():
         raise DecodeError(f"Cannot decode '{p}': non-finite pixel values.")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """An image exactly as the reference pipeline held it before resizing (see :func:`decode_raw`).
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray
+        Shape (H, W), the source's own integer samples: uint8 for PNG/JPEG (what ``cv2.imread`` + ``BGR2GRAY``
+        give), ``pixel_array``'s dtype for DICOM (uint16, int16, uint8 ...), unscaled.
+    photometric : str
+        The DICOM PhotometricInterpretation (``"MONOCHROME1"`` is inverted later, after the 8-bit conversion, as
+        the reference did); ``""`` for other formats.
+    reader : str
+        ``"opencv-imread-color"`` or ``"pydicom-pixel_array"``.
+    """
+
+    pixels: np.ndarray
+    photometric: str = ""
+    reader: str = "array"
+
+
+# OpenCV 5's 8-bit COLOR_BGR2GRAY: BT.601 weights in 15-bit fixed point, rounded (they sum to 2**15, so a grey
+# pixel stays exactly itself). Older OpenCV 4.x builds used 14-bit weights in their scalar tail loops.
+_CV_GRAY15 = (9798, 19235, 3735)  # R, G, B
+
+
+def decode_raw(path: str | os.PathLike[str]) -> RawImage:
+    """Read one image file the way the reference study's preprocessing script read it (``paper`` preset).
+
+    - **PNG / JPEG / other raster formats**: as ``cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2GRAY)`` — the
+      reference's flags, i.e. ``IMREAD_COLOR`` without ``IMREAD_ANYDEPTH``. OpenCV therefore returns **8 bits**
+      for a 16-bit PNG: libpng's ``png_set_strip_16`` keeps the high byte, ``v >> 8`` (not ``v * 255 / 65535``;
+      the low byte is lost, and an ``sBIT`` chunk is ignored). EXIF orientation of JPEGs is applied, as
+      ``imread`` does. A grey image stays exactly itself through BGR and back; colour goes through OpenCV's
+      fixed-point BT.601 luma. Implemented with Pillow + numpy (no OpenCV needed at run time); the tests check
+      every case against ``cv2`` pixel for pixel.
+    - **DICOM**: pydicom's raw ``pixel_array`` (first frame) — no modality LUT (slope/intercept), no VOI
+      window/LUT; ``PhotometricInterpretation`` is returned so that MONOCHROME1 can be inverted where the
+      reference did it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file (format sniffed from the bytes, DICOM also by suffix).
+
+    Returns
+    -------
+    RawImage
+        ``pixels`` of shape (H, W) in the file's integer type.
+
+    Raises
+    ------
+    DecodeError
+        Unreadable file, or a colour DICOM (the reference pipeline handled grayscale DICOMs only).
+
+    Examples
+    --------
+    >>> raw = decode_raw("chest_16bit.png")  # doctest: +SKIP
+    >>> raw.pixels.dtype, raw.reader
+    (dtype('uint8'), 'opencv-imread-color')
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise DecodeError(f"Cannot read image '{p}': {exc.strerror or exc}.") from None
+    if head[128:132] == b"DICM" or (p.suffix.lower() in _DICOM_SUFFIXES and not head.startswith(_PNG_MAGIC)):
+        ds, first_frame = _open_dicom(p)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise DecodeError(f"Cannot decode '{p}' for the paper preset: PhotometricInterpretation "
+                              f"{photometric!r}; the reference pipeline reads grayscale DICOMs only.")
+        try:
+            arr = np.asarray(first_frame())
+        except Exception as exc:  # noqa: BLE001 - decoders raise ValueError/RuntimeError/... for bad pixel data
+            raise DecodeError(f"Cannot decode '{p}': {_redact(_reason(exc), ds)}.") from None
+        return RawImage(np.ascontiguousarray(arr), photometric, "pydicom-pixel_array")
+    return RawImage(_opencv_gray8(p), "", "opencv-imread-color")
+
+
+def _opencv_gray8(p: Path) -> np.ndarray:
+    """(H, W) uint8 equal to ``cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2GRAY)``."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.format == "JPEG":
+                im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                arr = np.asarray(im).astype(np.int64)
+                if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+                    raise DecodeError(f"Cannot decode '{p}' for the paper preset: 32-bit integer samples.")
+                return (arr >> 8).astype(np.uint8)  # libpng png_set_strip_16: the high byte
+            if mode in ("L", "LA"):
+                return np.ascontiguousarray(np.asarray(im.getchannel(0)))
+            if mode == "1":
+                return np.asarray(im, dtype=np.uint8) * np.uint8(255)
+            rgb = np.asarray(im if mode == "RGB" else im.convert("RGB")).astype(np.int64)
+    except UnidentifiedImageError:
+        raise DecodeError(f"Cannot decode '{p}': not a recognised image format.") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(f"Cannot decode '{p}': {_reason(exc)}.") from None
+    wr, wg, wb = _CV_GRAY15
+    gray = (rgb[..., 0] * wr + rgb[..., 1] * wg + rgb[..., 2] * wb + (1 << 14)) >> 15
+    return gray.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,6 +286,17 @@ def _png_sbit(p: Path) -> int | None:
 # DICOM
 # --------------------------------------------------------------------------------------------------------------
 def _decode_dicom(p: Path) -> np.ndarray:
+    ds, first_frame = _open_dicom(p)
+    try:
+        return _dicom_to_unit(first_frame(), ds)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise ValueError/RuntimeError/... for bad pixel data
+        raise DecodeError(f"Cannot decode '{p}': {_redact(_reason(exc), ds)}.") from None
+
+
+def _open_dicom(p: Path) -> tuple[Any, Any]:
+    """``(dataset, first_frame)``: the parsed header, and a callable returning ``pixel_array`` (its first frame)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -185,16 +312,15 @@ def _decode_dicom(p: Path) -> np.ndarray:
     hint = plugin_hint(tsyntax)
     if hint is not None:
         raise DecodeError(f"Cannot decode '{p}': {hint}")
-    try:
+
+    def first_frame() -> np.ndarray:
         arr = ds.pixel_array
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             logger.warning("'%s' has %s frames; using the first.", p, ds.NumberOfFrames)
             arr = arr[0]
-        return _dicom_to_unit(arr, ds)
-    except DecodeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise ValueError/RuntimeError/... for bad pixel data
-        raise DecodeError(f"Cannot decode '{p}': {_redact(_reason(exc), ds)}.") from None
+        return arr
+
+    return ds, first_frame
 
 
 def plugin_hint(transfer_syntax_uid: str) -> str | None:

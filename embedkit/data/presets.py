@@ -4,22 +4,30 @@ Each preset is a frozen dataclass whose ``params()`` describe it completely; tha
 cache provenance, so two stores agree on preprocessing exactly when their params are equal. No preset ever
 augments: the same input always gives the same bytes.
 
-``paper`` — the reference study's protocol (paper-protocol.md §2), step by step:
+``paper`` — the reference study's protocol (paper-protocol.md §2.1; the lab's ``normalizer_resizer``), bit-exact:
 
-1. stretch-resize to R×R with ``scipy.ndimage.zoom(img, (R/H, R/W), order=2)`` (spline prefilter,
-   ``mode='constant'``; no aspect preservation, padding or cropping), computed in float64 on the decoded image;
-2. min–max to [0, 1]: ``(z - z.min()) / (z.max() - z.min())`` (a flat image, range <= 1e-9, becomes 0);
-3. to uint8 with ``skimage.img_as_ubyte`` semantics: ``np.rint(x * 255)`` (round half to even), clipped;
-4. global histogram equalisation with ``cv2.equalizeHist`` semantics (OpenCV ``histogram.cpp``): with ``h``
+0. read the file as the reference did, with ``decode_raw``: PNG/JPEG as ``cv2.imread`` (``IMREAD_COLOR``) then
+   ``BGR2GRAY`` — uint8, and a 16-bit PNG keeps only its high byte (``v >> 8``); DICOM as pydicom's raw
+   ``pixel_array`` (no rescale slope/intercept, no VOI window/LUT), in its own integer dtype;
+1. stretch-resize that *integer* image to R×R with ``scipy.ndimage.zoom(img, (R/H, R/W), order=2)`` (spline
+   prefilter, ``mode='constant'``; no aspect preservation, padding or cropping). The output keeps the input's
+   integer dtype, so scipy rounds and clips the spline values to integers here — the step the old float path missed;
+2. min–max to [0, 1]: ``(z - z.min()) / (z.max() - z.min())`` in float64 (a flat image becomes 0; the reference
+   divided by zero there). Integer differences are taken in int64, so an int16 image spanning more than 32767
+   does not wrap around as it would in the reference's int16 arithmetic;
+3. to uint8 with ``skimage.img_as_ubyte`` semantics: ``clip(rint(x * 255), 0, 255)`` in float64 (round half to
+   even);
+4. MONOCHROME1 DICOMs only: ``np.invert`` (255 − v) — after the 8-bit conversion, as the reference did;
+5. global histogram equalisation with ``cv2.equalizeHist`` semantics (OpenCV ``histogram.cpp``): with ``h``
    the 256-bin histogram, ``i`` the first non-zero bin and ``N`` the pixel count, ``lut[i] = 0`` and for
    ``j > i``: ``lut[j] = rint(float32(sum(h[i+1..j])) * float32(255 / (N - h[i])))`` saturated to 0..255
    (float32 arithmetic and round-half-to-even, as ``saturate_cast<uchar>(float)``); an image of one grey level
    ``i`` stays ``i``;
-5. three identical channels, ``/255`` into [0, 1] (``ToTensor``), no mean/std.
+6. three identical channels, ``/255`` into [0, 1] (``ToTensor``), no mean/std.
 
-The reference applied MONOCHROME1 inversion after step 3 and zoomed the file's own integer image; embedkit's
-decoder has already inverted MONOCHROME1 and mapped to float [0, 1], so for 8-bit sources the only difference is
-that the reference rounded the zoomed image to integers before min–max.
+Steps 1–5 need no OpenCV or scikit-image at run time; ``tests/embedkit/data/test_paper_exact.py`` checks them
+against an independent implementation with ``cv2``, ``scipy`` and ``pydicom``. Given a plain array instead of a
+``RawImage``, the ``paper`` preset applies steps 1–5 to it (a float array is zoomed in float64).
 
 ``model`` — for extraction with a backbone's own normalisation: aspect-preserving resize of the longer side to R
 (``torch.nn.functional.interpolate``, bilinear by default or bicubic, ``antialias=True``, ``align_corners=False``),
@@ -81,9 +89,12 @@ class Preset:
         out["std"] = list(self.std) if self.std is not None else None
         if self.name == "paper":
             out.update(
-                resize="stretch", interpolation="scipy.ndimage.zoom(order=2, mode='constant')", antialias=False,
-                pad_value=None, intensity="minmax->rint(x*255)->equalizeHist(cv2 semantics)", channels=3,
-                scale="1/255",
+                resize="stretch", interpolation="scipy.ndimage.zoom(order=2, mode='constant') on the integer image",
+                antialias=False, pad_value=None,
+                reader={"raster": "cv2.imread(IMREAD_COLOR)+BGR2GRAY semantics (16-bit PNG -> v>>8)",
+                        "dicom": "pydicom pixel_array, raw (no modality LUT, no VOI)"},
+                intensity="minmax->img_as_ubyte(rint(x*255))->invert if MONOCHROME1->equalizeHist(cv2 semantics)",
+                channels=3, scale="1/255", reference="paper-protocol.md §2.1 (chestx normalizer_resizer)",
             )
         else:
             out.update(intensity="clip[0,1]->rint(x*255)", pad_position="center", channels=3, scale="1/255",
@@ -91,13 +102,40 @@ class Preset:
         return out
 
     # ---------------------------------------------------------------------------------------------------------
-    def to_uint8(self, img: np.ndarray) -> np.ndarray:
-        """Geometric and intensity steps: float image → uint8 (R, R) (what the image cache stores).
+    def decode(self, path: Any) -> Any:
+        """Read a file with the decoder this preset expects: ``decode_raw`` for ``paper``, else ``decode_image``.
 
         Parameters
         ----------
-        img : numpy.ndarray
-            Decoded float image, shape (H, W), values in [0, 1].
+        path : str or path-like
+
+        Returns
+        -------
+        RawImage or numpy.ndarray
+            What :meth:`to_uint8` takes: a ``RawImage`` (``paper``) or a float (H, W) image in [0, 1].
+
+        Raises
+        ------
+        DecodeError
+            If the file cannot be read.
+        """
+        from embedkit.data.decode import decode_image, decode_raw
+
+        return decode_raw(path) if self.name == "paper" else decode_image(path)
+
+    def load(self, path: Any) -> np.ndarray:
+        """``to_uint8(decode(path))``: one file → uint8 (R, R), the row an image cache stores."""
+        return self.to_uint8(self.decode(path))
+
+    def to_uint8(self, img: Any) -> np.ndarray:
+        """Geometric and intensity steps: decoded image → uint8 (R, R) (what the image cache stores).
+
+        Parameters
+        ----------
+        img : RawImage or numpy.ndarray
+            ``model``: the float image (H, W) in [0, 1] from ``decode_image``. ``paper``: the ``RawImage`` from
+            ``decode_raw`` (bit-exact reference path); a plain (H, W) array is processed as the reference would
+            process that array (integer arrays in their dtype, floats in float64), without MONOCHROME1 inversion.
 
         Returns
         -------
@@ -107,13 +145,19 @@ class Preset:
         Raises
         ------
         EmbedkitError
-            If ``img`` is not a non-empty 2-D array.
+            If the image is not a non-empty 2-D array, or a ``RawImage`` is given to the ``model`` preset.
         """
-        arr = np.asarray(img)
+        from embedkit.data.decode import RawImage
+
+        raw = img if isinstance(img, RawImage) else None
+        arr = np.asarray(raw.pixels if raw is not None else img)
         if arr.ndim != 2 or arr.size == 0:
             raise EmbedkitError(f"Preset {self.name!r} expects one grayscale image (H, W). Got shape {arr.shape}.")
         if self.name == "paper":
-            return _paper_uint8(arr, self.resolution)
+            return _paper_uint8(arr, self.resolution, invert=raw is not None and raw.photometric == "MONOCHROME1")
+        if raw is not None:
+            raise EmbedkitError("The 'model' preset takes the float image of decode_image, not a RawImage "
+                                "(decode_raw is the 'paper' preset's reader). Use preset.decode(path).")
         return _model_uint8(arr, self)
 
     def to_tensor(self, u8: np.ndarray) -> Any:
@@ -152,8 +196,8 @@ class Preset:
             x = (x - mean) / std
         return x
 
-    def __call__(self, img: np.ndarray) -> Any:
-        """``to_tensor(to_uint8(img))``: float (H, W) → tensor (3, R, R)."""
+    def __call__(self, img: Any) -> Any:
+        """``to_tensor(to_uint8(img))``: decoded image (see ``to_uint8``) → tensor (3, R, R)."""
         return self.to_tensor(self.to_uint8(img))
 
 
@@ -255,19 +299,45 @@ def equalize_hist(u8: np.ndarray) -> np.ndarray:
     return lut[u8]
 
 
-def _paper_uint8(img: np.ndarray, r: int) -> np.ndarray:
+def img_as_ubyte(x: np.ndarray) -> np.ndarray:
+    """``skimage.util.img_as_ubyte`` for a float image in [0, 1]: ``clip(rint(x * 255), 0, 255)`` as uint8.
+
+    scikit-image multiplies in the input's float type (float64 here), rounds half to even and clips; it raises
+    for values outside [-1, 1], which min–max output never has.
+    """
+    out = np.multiply(x, 255, dtype=np.float64)
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def _paper_uint8(img: np.ndarray, r: int, *, invert: bool = False) -> np.ndarray:
     from scipy import ndimage
 
-    x = np.asarray(img, dtype=np.float64)
+    x = np.asarray(img)
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8) * np.uint8(255)
+    elif x.dtype.kind == "f":
+        x = x.astype(np.float64)
+    elif x.dtype.kind not in "iu":
+        raise EmbedkitError(f"paper preset: cannot process pixels of dtype {x.dtype}.")
     h, w = x.shape
-    z = ndimage.zoom(x, (r / h, r / w), order=2)
+    # np.divide((R, R), shape) is the reference's resize_ratio, to the last bit; zoom keeps x's dtype.
+    z = ndimage.zoom(x, np.divide((r, r), (h, w)), order=2)
     if z.shape != (r, r):  # zoom rounds the output shape; guard against a float edge case
         raise EmbedkitError(f"paper preset: zoom gave {z.shape} for a {h}x{w} image at {r}; please report this.")
-    lo, hi = float(z.min()), float(z.max())
-    # A flat image comes out of the spline with ~1e-16 ripples; min-max would blow them up to full contrast.
-    flat = hi - lo <= 1e-9 * max(1.0, abs(hi))
-    norm = np.zeros_like(z) if flat else (z - lo) / (hi - lo)
-    u8 = np.clip(np.rint(norm * 255.0), 0, 255).astype(np.uint8)
+    if z.dtype.kind == "f":
+        lo, hi = float(z.min()), float(z.max())
+        # A flat float image comes out of the spline with ~1e-16 ripples; min-max would blow them up.
+        flat = hi - lo <= 1e-9 * max(1.0, abs(hi))
+        norm = None if flat else (z - lo) / (hi - lo)
+    else:
+        lo, hi = int(z.min()), int(z.max())
+        flat = hi == lo
+        norm = None if flat else (z.astype(np.int64) - lo) / float(hi - lo)
+    u8 = np.zeros((r, r), dtype=np.uint8) if norm is None else img_as_ubyte(norm)
+    if invert:
+        u8 = np.invert(u8)
     return equalize_hist(u8)
 
 

@@ -83,7 +83,6 @@ class FileBatches(Dataset):
     def __getitem__(self, index: int) -> dict:
         from embedkit.errors import DecodeError
 
-        decode_image = self._decode
         spec = self.plan[index]
         n = spec.stop - spec.start
         images = np.zeros((n, self.resolution, self.resolution), dtype=np.uint8)
@@ -91,7 +90,8 @@ class FileBatches(Dataset):
         reasons = [""] * n
         for i, path in enumerate(self.paths[spec.start:spec.stop]):
             try:
-                images[i] = self.preset.to_uint8(decode_image(path))
+                # preset.load picks the preset's decoder (decode_raw for 'paper', decode_image otherwise).
+                images[i] = self.preset.load(path)
             except (DecodeError, OSError) as exc:
                 # One bad file must not stop a 10-hour run: record it, leave the row empty, go on.
                 ok[i] = False

@@ -156,3 +156,71 @@ def test_bad_inputs_raise_typed_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.isnan(auroc([1, 1], [0.2, 0.1]))
+
+
+# ------------------------------------------------------------------------- the reference study's strict '>' rule
+def _reference_youden_rates(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    """Prediction_vitmed.bootstrapper for one label, statement by statement (epsilon-free rates)."""
+    fpr, tpr, thresholds = skm.roc_curve(y, s, pos_label=1)
+    optimal_threshold = thresholds[np.argmax(tpr - fpr)]
+    pred = (s > optimal_threshold).astype(np.int32)
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    sens, spec = tp / (tp + fn), tn / (tn + fp)
+    return {"sensitivity": sens, "specificity": spec, "accuracy": (tp + tn) / (tp + tn + fp + fn),
+            "balanced_accuracy": (sens + spec) / 2, "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "f1": 2 * tp / (2 * tp + fn + fp)}
+
+
+def test_strict_rule_by_hand():
+    # Scores 0.9 (pos), 0.7 (pos), 0.7 (neg), 0.4 (neg), 0.2 (neg); P = 2, N = 3. sklearn's ROC points at
+    # thresholds [inf, .9, .7, .4, .2] have J = 0, 1/2, 2/3, 1/3, 0 -> the threshold is 0.7 under both rules.
+    y = np.array([1, 1, 0, 0, 0], dtype=float)[:, None]
+    s = np.array([0.9, 0.7, 0.7, 0.4, 0.2])[:, None]
+    assert youden_thresholds(y, s, rule="gt")[0] == 0.7 and youden_thresholds(y, s)[0] == 0.7
+    # '>=' predicts rows 0-2 positive: TP 2, FP 1. '>' leaves out the tied 0.7 rows: TP 1, FP 0.
+    ge = threshold_metrics(y, s, [0.7])
+    gt = threshold_metrics(y, s, [0.7], rule="gt")
+    assert ge["sensitivity"][0] == 1.0 and ge["specificity"][0] == pytest.approx(2 / 3)
+    assert gt["sensitivity"][0] == 0.5 and gt["specificity"][0] == 1.0 and gt["precision"][0] == 1.0
+    w = np.ones((1, 5))
+    strict = resampled_metrics(y, s, w, threshold_mode="youden-test", rule="gt")
+    default = resampled_metrics(y, s, w, threshold_mode="youden-test")
+    assert strict["sensitivity"][0, 0] == 0.5 and strict["precision"][0, 0] == 1.0
+    assert default["sensitivity"][0, 0] == 1.0 and default["precision"][0, 0] == pytest.approx(2 / 3)
+
+
+def test_strict_rule_picks_inf_when_no_threshold_beats_chance():
+    # Every J <= 0: sklearn's argmax is the (0, 0) point at threshold inf; nothing is predicted positive.
+    y = np.array([[0.0], [1.0], [0.0], [1.0]])
+    s = np.array([[0.9], [0.1], [0.8], [0.2]])
+    assert youden_thresholds(y, s, rule="gt")[0] == np.inf
+    out = resampled_metrics(y, s, np.ones((1, 4)), threshold_mode="youden-test", rule="gt")
+    assert out["sensitivity"][0, 0] == 0.0 and out["specificity"][0, 0] == 1.0
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_strict_youden_on_resamples_equals_the_reference_code(ties):
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(20):
+        n = int(rng.integers(8, 60))
+        y, s = _random_problem(rng, n, 3, ties=ties, missing=0.0)
+        idx = rng.integers(0, n, (5, n))
+        w = np.stack([np.bincount(r, minlength=n) for r in idx])
+        got = resampled_metrics(y, s, w, threshold_mode="youden-test", rule="gt")
+        for b in range(5):
+            for k in range(3):
+                yb, sb = y[idx[b], k], s[idx[b], k]
+                if np.unique(yb).size < 2:
+                    continue
+                for name, v in _reference_youden_rates(yb, sb).items():
+                    assert got[name][b, k] == pytest.approx(v, abs=1e-12), (name, b, k)
+                checked += 1
+    assert checked > 200
+
+
+def test_unknown_threshold_rule_is_refused():
+    from probes.errors import ProbeError
+
+    with pytest.raises(ProbeError, match="'ge'.*'gt'"):
+        youden_thresholds([[0.0], [1.0]], [[0.1], [0.9]], rule=">")
