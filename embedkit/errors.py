@@ -32,3 +32,7 @@ class WeightsNotFoundError(ModelError):
 
 class ExtractionError(EmbedkitError):
     """Extraction cannot start or continue."""
+
+
+class OutputExistsError(EmbedkitError):
+    """An output path holds something that is not this command's output (or ``--overwrite`` was not given)."""

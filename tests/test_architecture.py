@@ -60,3 +60,44 @@ def test_user_error_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+def _json_writes_without_allow_nan(path: Path) -> list[int]:
+    """Lines where JSON goes to a file (``json.dump``, or ``json.dumps`` inside a ``write``/``write_text``/``pwrite``
+    call) without ``allow_nan=False``: Python would write NaN/Infinity, which strict JSON parsers reject."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+
+    def is_json_call(node, name):
+        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "json")
+
+    def strict(call):
+        return any(k.arg == "allow_nan" and isinstance(k.value, ast.Constant) and k.value.value is False
+                   for k in call.keywords)
+
+    bad = set()
+    for node in ast.walk(tree):
+        if is_json_call(node, "dump") and not strict(node):
+            bad.add(node.lineno)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("write", "write_text", "pwrite"):
+            for arg in node.args:
+                for inner in ast.walk(arg):
+                    if is_json_call(inner, "dumps") and not strict(inner):
+                        bad.add(inner.lineno)
+    return sorted(bad)
+
+
+def test_json_files_are_written_strictly():
+    offenders = []
+    for package in ("embedkit", "probes", "stores"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            offenders += [f"{path.relative_to(ROOT)}:{line}" for line in _json_writes_without_allow_nan(path)]
+    assert not offenders, "JSON written without allow_nan=False (use a NaN -> null helper):\n" + "\n".join(offenders)
+
+
+def test_non_strict_json_write_is_detected(tmp_path):
+    bad = tmp_path / "m.py"
+    bad.write_text("import json\np.write_text(json.dumps(d) + '\\n')\njson.dump(d, f)\n"
+                   "p.write_text(json.dumps(d, allow_nan=False))\n")
+    assert _json_writes_without_allow_nan(bad) == [2, 3]

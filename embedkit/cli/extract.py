@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from embedkit.cli._common import bad_parameter, err_console, print_json
+from embedkit.cli._common import bad_parameter, print_json
 
 _DATA_HELP = "Manifest CSV, ADAPTER:ROOT (nih, chexpert, mimic, padchest, vindr, vindr-pcxr) or an image cache (.zarr)."
 
@@ -23,38 +23,6 @@ def _split_list(text: Optional[str]) -> Optional[list[str]]:
 
 def _labels_arg(text: str):
     return text if text in ("full", "paper") else _split_list(text)
-
-
-class _Progress:
-    """A rich progress bar on stderr, shown by rank 0 only."""
-
-    def __init__(self, description: str, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar = None
-        self._task = None
-        self.description = description
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=err_console(), transient=False,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.description, total=max(total, 1), rate="")
-        task = self._bar.tasks[0]
-        speed = task.speed
-        self._bar.update(self._task, completed=done, rate=f"{speed:.1f} img/s" if speed else "")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _summary(report, *, as_json: bool, strict: bool, verb: str) -> None:
@@ -118,18 +86,16 @@ def register(app: typer.Typer) -> None:
             raise bad_parameter("batch_size", "extract", "an int >= 1", batch_size)
         from embedkit.extract.dist import detect_env
         from embedkit.extract.run import run_extract
+        from embedkit.progress import Progress
 
         env = detect_env()
-        bar = _Progress("extract", env.is_main)
-        try:
+        with Progress("extract", enabled=env.is_main) as bar:
             report = run_extract(
                 model, data, out, res=res, features=_split_list(features), preprocess=preprocess, resize=resize,
                 batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
                 limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
                 compile=compile, rows_per_shard=rows_per_shard, progress=bar, env=env, allow_download=download,
             )
-        finally:
-            bar.close()
         if env.is_main:
             _summary(report, as_json=as_json, strict=strict, verb="extracted")
 
@@ -154,16 +120,14 @@ def register(app: typer.Typer) -> None:
         """Decode and preprocess DATA once into uint8 images (N, R, R) that 'extract --data CACHE' reads directly."""
         from embedkit.extract.dist import detect_env
         from embedkit.extract.run import run_cache_images
+        from embedkit.progress import Progress
 
         env = detect_env()
-        bar = _Progress("cache-images", env.is_main)
-        try:
+        with Progress("cache-images", enabled=env.is_main) as bar:
             report = run_cache_images(
                 data, out, res=res, preprocess=preprocess, resize=resize, batch_size=batch_size, workers=workers,
                 limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
                 unit_rows=unit_rows, progress=bar, env=env,
             )
-        finally:
-            bar.close()
         if env.is_main:
             _summary(report, as_json=as_json, strict=strict, verb="cached")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from embedkit.cli._common import bad_parameter, out_console, print_json
+from embedkit.cli._common import bad_parameter, check_out, only_entries, out_console, print_json
 
 _FORMATS = ("png8", "png16", "dicom")
 
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         formats: str = typer.Option("png8,png16,dicom", "--formats",
                                     help="Comma-separated file formats, used in turn: png8, png16, dicom."),
         images_per_patient: int = typer.Option(3, "--images-per-patient", help="Images (studies) per patient."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier phantom folder in --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document."),
     ) -> None:
         """Write deterministic radiograph-like phantoms (cardiomegaly, effusion, pneumothorax, nodule labels)."""
@@ -34,6 +35,14 @@ def register(app: typer.Typer) -> None:
             raise bad_parameter("size", "phantoms", "an int >= 16", size)
         if images_per_patient < 1:
             raise bad_parameter("images_per_patient", "phantoms", "an int >= 1", images_per_patient)
+
+        state = check_out(out, noun="phantom folder (images/ + manifest.csv)",
+                          is_ours=only_entries("manifest.csv", "images"), overwrite=overwrite)
+        if state == "ours":  # only our two entries: replace them, so no image of a larger earlier set lingers
+            import shutil
+
+            shutil.rmtree(out / "images", ignore_errors=True)
+            (out / "manifest.csv").unlink(missing_ok=True)
 
         from embedkit.data.phantoms import make_phantoms, summarize
 

@@ -5,12 +5,15 @@ with the store's own backbone and preprocessing, rebuilt from its provenance.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from embedkit.cli._common import bad_parameter, err_console, out_console, print_json
+from embedkit.cli._common import bad_parameter, check_out, err_console, out_console, print_json
+
+logger = logging.getLogger(__name__)
 
 
 def _open_store(path: Path, features: str):
@@ -67,7 +70,6 @@ def embed_image_like_store(st, features: str, image: Path):
     import torch
 
     from embedkit.backbones import load_backbone
-    from embedkit.data import decode_image
     from embedkit.errors import ModelError
 
     prov = st.provenance
@@ -82,7 +84,8 @@ def embed_image_like_store(st, features: str, image: Path):
         raise ModelError(f"The weights at '{model}' differ from those that wrote store '{st.path}' (sha256 "
                          f"{str(bb.provenance().get('sha256'))[:12]} != {bbp['sha256'][:12]}); "
                          "point the store's backbone path at the original weights or query with --id.")
-    pixels = _preset_from_provenance(prov)(decode_image(image)).unsqueeze(0)
+    pre = _preset_from_provenance(prov)
+    pixels = pre.to_tensor(pre.load(image)).unsqueeze(0)  # load: the preset's own decoder
     with torch.inference_mode():
         out = bb.embed(pixels)
     return np.concatenate([out[v].float().cpu().numpy() for v in views], axis=1)
@@ -128,6 +131,39 @@ def _patient_rows(pid, rows) -> list:
     return [order[starts[inv[r]]:ends[inv[r]]] for r in rows]
 
 
+def _faiss_refusal(exc: RuntimeError, kind: str, n: int) -> Exception:
+    """faiss's RuntimeError as one actionable line (its text names a C++ function and a failed assertion)."""
+    from stores.errors import StoreError
+
+    text = " ".join(str(exc).split())
+    reason = text.split("failed: ", 1)[1] if "failed: " in text else text.rsplit("Error: ", 1)[-1]
+    return StoreError(f"faiss cannot build a '{kind}' index over {n} rows: {reason.rstrip('.')}. Use --kind flat "
+                      "or --kind auto (which picks a kind the row count supports).")
+
+
+def _load_vector(path: Path):
+    """The query vector of ``--vector FILE.npy`` as float32; a file numpy cannot read is a user error."""
+    import numpy as np
+
+    from embedkit.errors import EmbedkitError
+
+    try:
+        q = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise EmbedkitError(f"--vector '{path}' does not exist; give a .npy file saved with numpy.save.") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise EmbedkitError(f"--vector '{path}' is not a numpy .npy array ({_first_line(exc)}); save the query "
+                            "with numpy.save(path, vector).") from None
+    if not isinstance(q, np.ndarray) or q.dtype.kind not in "fiu":
+        raise EmbedkitError(f"--vector '{path}' must hold numbers; got {getattr(q, 'dtype', type(q))}.")
+    return q.astype(np.float32)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _index_impl(store: Path, features: str, kind: str, memory_budget: str, metric: str, seed: int,
                 as_json: bool) -> None:
     import numpy as np
@@ -139,14 +175,23 @@ def _index_impl(store: Path, features: str, kind: str, memory_budget: str, metri
     if metric not in METRICS:
         raise bad_parameter("metric", "index", f"one of {', '.join(METRICS)}", metric)
     budget = parse_size(memory_budget)
+    # Refused before the (possibly long) build: only an earlier index of ours is ever replaced.
+    check_out(index_dir(store, features), noun="faiss index folder", is_ours=lambda p: (p / "index.json").is_file(),
+              option="index folder")
     with _open_store(store, features) as st:
         filled = st.filled
         rows = np.flatnonzero(filled)
-        err_console().print(f"indexing {len(rows)} of {st.n_rows} rows ({features}, {kind}, {metric}) ...")
-        vectors = st.load(features, mask=filled, dtype=None)  # stored dtype: build_index upcasts per block
-        index, info = build_index(vectors, kind=kind, metric=metric, memory_budget_bytes=budget, rows=rows,
-                                  seed=seed, store_fingerprint=st.fingerprint, store_filled=filled_digest(filled),
-                                  features=features)
+        what = f"indexing {len(rows)} of {st.n_rows} rows ({features}, {kind}, {metric}) ..."
+        logger.info(what)
+        # A spinner in a terminal only: an error must stay the one line on stderr.
+        with err_console().status(what):
+            vectors = st.load(features, mask=filled, dtype=None)  # stored dtype: build_index upcasts per block
+            try:
+                index, info = build_index(vectors, kind=kind, metric=metric, memory_budget_bytes=budget, rows=rows,
+                                          seed=seed, store_fingerprint=st.fingerprint,
+                                          store_filled=filled_digest(filled), features=features)
+            except RuntimeError as exc:  # faiss's own refusals (a C++ message of several lines)
+                raise _faiss_refusal(exc, kind, len(rows)) from None
         folder = save_index(index_dir(store, features), index, info)
     info = dict(info, path=str(folder))
     if not info["recall_target_met"]:
@@ -191,7 +236,7 @@ def _search_impl(store: Path, image: Optional[Path], query_id: Optional[str], ve
             if exclude_same_patient:
                 raise EmbedkitError("--exclude-same-patient needs --id (an image or vector has no patient).")
             if vector is not None:
-                q = np.load(vector).astype(np.float32)
+                q = _load_vector(vector)
                 if q.ndim == 1:
                     q = q[None, :]
                 if q.shape != (1, index.d):
