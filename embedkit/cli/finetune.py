@@ -1,0 +1,148 @@
+"""``embedkit finetune``: train a backbone + linear head end to end; evaluated and written like a probe run."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from embedkit.cli._common import bad_parameter, check_out, err_console, out_console, print_json
+
+
+class _StepProgress:
+    """Step progress on stderr: a rich bar in a terminal, else a plain line every ``every`` seconds."""
+
+    def __init__(self, enabled: bool, every: float = 5.0) -> None:
+        self.enabled, self.every = enabled, every
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+        self._bar = None
+        self._task = None
+
+    def __call__(self, ev: dict) -> None:
+        if not self.enabled or ev["event"] != "step":
+            if ev["event"] == "epoch":
+                self.close()
+            return
+        if self.tty:
+            if self._bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                                     console=err_console(), transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("train", total=ev["steps"], epoch=ev["epoch"], loss="")
+            self._bar.update(self._task, completed=ev["step"], loss=f"{ev['loss']:.4f}",
+                             epoch=f"{ev['epoch']}/{ev['epochs']}")
+        elif time.monotonic() - self._last >= self.every or ev["step"] == ev["steps"]:
+            self._last = time.monotonic()
+            typer.echo(f"epoch {ev['epoch']}/{ev['epochs']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f} "
+                       f"lr {ev['lr']:.3g}", err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "nan" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune``."""
+
+    @app.command("finetune")
+    def finetune_cmd(
+        model: str = typer.Option(..., "--model", "-m", help="Registry name, hub id, timm:NAME, folder or file."),
+        res: int = typer.Option(..., "--res", min=1, help="Input side in pixels."),
+        data: str = typer.Option(..., "--data",
+                                 help="Embedding store (rows, labels, split and test ids of its probes), image "
+                                      "cache, manifest CSV or ADAPTER:ROOT."),
+        out: Path = typer.Option(..., "--out", "-o", help="Run directory (the same command resumes it)."),
+        mode: str = typer.Option("full", "--mode", help="full | last:K (only the last K blocks train)."),
+        protocol: str = typer.Option("paper", "--protocol",
+                                     help="paper (Adam 1e-5, batch 30, fp32, paper preset) | modern (AdamW, cosine "
+                                          "+ warm-up, layer-wise lr decay, bf16 on GPU, model preset)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="[paper 100, modern 30]"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per micro-batch, all "
+                                                 "ranks together [paper 30, modern 32]."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate [paper 1e-5, modern 1e-4]."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[paper 0, modern 0.05]"),
+        precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (autocast, CUDA)."),
+        grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing",
+                                                help="Recompute block activations in backward (1024 px)."),
+        accumulate: int = typer.Option(1, "--accumulate", min=1, help="Micro-batches per optimiser step."),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (off)."),
+        seed: int = typer.Option(0, "--seed", help="Order, augmentation and head initialisation seed."),
+        workers: int = typer.Option(0, "--workers", min=0, help="Loader processes reading the image cache."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N rows only (smoke runs)."),
+        select: Optional[str] = typer.Option(None, "--select",
+                                             help="val-loss (paper) | val-auroc: which validation figure keeps an "
+                                                  "epoch."),
+        pool: str = typer.Option("auto", "--pool", help="auto | mean_tokens | cls | pooled."),
+        checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0,
+                                             help="Also checkpoint every N optimiser steps (epoch ends always)."),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+        n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples of the test set."),
+        bootstrap: str = typer.Option("auto", "--bootstrap",
+                                      help="auto (patients when the data has patient ids) | images | patients."),
+        boot_seed: int = typer.Option(0, "--boot-seed", help="Seed of the bootstrap plan (keep to pair runs)."),
+        download: bool = typer.Option(False, "--download", help="Fetch missing weights from the hub."),
+        json_out: bool = typer.Option(False, "--json", help="Print metrics.json as one JSON document."),
+    ) -> None:
+        """Finetune MODEL (backbone + linear head) on DATA; test metrics with bootstrap CIs, as 'embedkit probe'."""
+        from embedkit.app.finetune import PROTOCOLS, run_finetune
+
+        if protocol not in PROTOCOLS:
+            raise bad_parameter("protocol", "finetune", f"one of {', '.join(PROTOCOLS)}", protocol)
+        if precision not in (None, "auto", "fp32", "bf16"):
+            raise bad_parameter("precision", "finetune", "auto, fp32 or bf16", precision)
+        if select not in (None, "val-loss", "val-auroc"):
+            raise bad_parameter("select", "finetune", "val-loss or val-auroc", select)
+        if bootstrap not in ("auto", "images", "patients"):
+            raise bad_parameter("bootstrap", "finetune", "auto, images or patients", bootstrap)
+        if mode != "full" and not mode.startswith("last:"):
+            raise bad_parameter("mode", "finetune", "full or last:K", mode)
+        check_out(out, noun="finetune run", is_ours=lambda p: (p / "finetune.json").exists())
+        bar = _StepProgress(enabled=not json_out)
+
+        def log(msg: str) -> None:
+            bar.close()
+            if not json_out:
+                typer.echo(msg, err=True)
+
+        try:
+            result = run_finetune(model, data, out, res=res, mode=mode, protocol=protocol, epochs=epochs,  # type: ignore[arg-type]
+                                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, precision=precision,  # type: ignore[arg-type]
+                                  grad_checkpointing=grad_checkpointing, accumulate=accumulate, grad_clip=grad_clip,
+                                  seed=seed, workers=workers, device=device, limit=limit, select=select,  # type: ignore[arg-type]
+                                  pool=pool, checkpoint_every=checkpoint_every, compile=compile, n_boot=n_boot,
+                                  boot_seed=boot_seed, bootstrap=bootstrap, allow_download=download,  # type: ignore[arg-type]
+                                  progress=bar, log=log)
+        finally:
+            bar.close()
+        doc = result.metrics
+        if result.already_done and not json_out:
+            typer.echo(f"{out} is already finished; showing its metrics", err=True)
+        if json_out:
+            print_json(doc)
+            return
+        from rich.table import Table
+
+        t = Table(title=f"{doc['head']} ({doc['features']}), kept epoch {doc['chosen']['epoch']} "
+                        f"by {doc['chosen']['select']}")
+        for col in ("label", "AUROC", "95% CI", "AP", "threshold"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for label, row in doc["test"]["per_label"].items():
+            a = row["auroc"]
+            t.add_row(label, _fmt(a["value"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]",
+                      _fmt(row["ap"]["value"]), _fmt(row["threshold"], 3))
+        m = doc["test"]["means"]["auroc"]
+        t.add_row("mean", _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]",
+                  _fmt(doc["test"]["means"]["ap"]["value"]), "", style="bold")
+        out_console().print(t)
