@@ -11,7 +11,8 @@ One row per image, UTF-8, comma-separated, header required. Columns (any order; 
 ``study_id``   study identifier; also audited for leakage
 ``split``      ``train`` / ``val`` / ``test`` or blank (``valid``, ``validate``, ``validation`` read as ``val``)
 ``view``       the dataset's view string (PA, AP, LATERAL, LL, AP_horizontal, ...)
-``frontal``    1 / 0 (optional; when absent it is inferred from ``view``: PA, AP, AP_horizontal, ... are frontal)
+``frontal``    1 / 0 / blank (optional; blank or absent: inferred from ``view``: PA, AP, AP_horizontal, ... are
+               frontal; a blank / UNK / UNKNOWN view is an *unknown* view, see below)
 ``sex``        M / F / O / blank
 ``age``        years (float) or blank
 ``dataset``    the source dataset (e.g. ``chexpert``); lets ``labels='paper'`` find the study's label subset
@@ -19,14 +20,33 @@ One row per image, UTF-8, comma-separated, header required. Columns (any order; 
 *anything*     every other column is a label: ``1`` positive, ``0`` negative, ``-1`` uncertain, blank unknown
 =============  ===============================================================================================
 
-A column with non-numeric text is not a label and is ignored with a warning; a numeric column with values
-other than 1 / 0 / -1 is an error. Blank label cells read as unknown (``blank='nan'``) unless ``blank='zeros'``.
+A column with no numeric value at all (free text such as a report) is not a label and is ignored with a
+warning. In a label column (one with at least one number) every non-blank cell must be 1 / 0 / -1: any other
+value (``yes``, ``2``) is an error naming the column, the file line, the row id and the value -- one bad cell
+never silently removes a label. Blank label cells read as unknown (``blank='nan'``) unless ``blank='zeros'``.
 Manifests written by :meth:`Manifest.write_csv` hold the labels *after* the uncertainty policy (1 / 0 / blank),
 so reading one back gives the same matrix whatever policy is passed.
 
 ``data`` strings: a manifest CSV path, or ``ADAPTER:ROOT`` with ADAPTER one of nih, chexpert, mimic, padchest,
 vindr, vindr-pcxr, dicom (options as ``ADAPTER:ROOT?key=value&...``, e.g. ``vindr:/data/vindr?readers=any``).
 Building a manifest never opens an image; missing files are counted from directory listings and reported.
+
+No silent loss
+--------------
+Every row that does not reach the manifest is counted per reason in ``spec()["dropped"]`` (and printed by
+``embedkit manifest``, one line per reason): ``not frontal`` (``views='frontal'``), ``unknown view``, and the
+adapter's own (``dicom:``: ``duplicate SOPInstanceUID``, ``unreadable DICOM header``, ``not DICOM``).
+
+View rule of ``views='frontal'``: a row is frontal when its ``frontal`` value (adapter or CSV) says so, else when
+its ``view`` is one of :data:`FRONTAL_VIEWS`; a row whose view is blank / ``UNK`` / ``UNKNOWN`` (and whose
+``frontal`` is blank) has an *unknown* view and follows ``unknown_view``: ``'drop'`` (the default: frontal-only
+means known frontal, as in the reference study, e.g. PadChest ``UNK``, MIMIC's blank ViewPosition) or ``'keep'``
+(e.g. DICOM folders whose ViewPosition is often empty). Their count is reported either way
+(``spec()["n_unknown_view"]``). A source with no view information at all (no ``view`` and no ``frontal``
+column) cannot be filtered: every row is kept and ``spec()["view_rule"]`` says so.
+
+``spec()["split_unit"]`` records the unit a split made here used (``patient``, or ``study`` / ``image`` when
+the data lacks patient ids -- also logged as a warning), ``null`` when the split came with the data.
 """
 from __future__ import annotations
 
@@ -43,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from embedkit.data.adapters import canonical_name, get_adapter, parse_data
-from embedkit.data.adapters._common import (META_COLUMNS, SPLIT_ALIASES, DirIndex, check_options,
+from embedkit.data.adapters._common import (META_COLUMNS, SPLIT_ALIASES, UNKNOWN_VIEWS, DirIndex, check_options,
                                             parse_ages, parse_label_values, read_csv, resolve_blanks)
 from embedkit.data.adapters._labels import select_labels
 from embedkit.data.splits import LeakageReport, apply_split, audit_leakage, parse_split
@@ -146,7 +166,8 @@ class Manifest:
         frame = self.frame.copy()
         frame["path"] = [_relative_to(p, out.parent) for p in frame["path"]]
         if "frontal" in frame:
-            frame["frontal"] = frame["frontal"].astype(bool).astype(int)
+            frontal = pd.Series(frame["frontal"], dtype=object)
+            frame["frontal"] = np.where(frontal.isna(), "", frontal.fillna(False).astype(bool).astype(int).astype(str))
         for name in self.label_names:
             values = frame[name].to_numpy(dtype=np.float64)
             frame[name] = np.where(np.isnan(values), "", np.nan_to_num(values).astype(np.int8).astype(str))
@@ -167,7 +188,8 @@ def load_manifest(data: str | os.PathLike, *, labels: str | Sequence[str] = "ful
                   uncertain: Literal["zeros", "ones", "ignore"] = "zeros",
                   views: Literal["frontal", "all"] = "frontal", split: str | None = None, strict: bool = False,
                   allow_leak: bool = False, blank: Literal["zeros", "nan"] | None = None,
-                  adapter_options: Mapping[str, str] | None = None) -> Manifest:
+                  adapter_options: Mapping[str, str] | None = None,
+                  unknown_view: Literal["keep", "drop"] = "drop") -> Manifest:
     """Build a :class:`Manifest` from a manifest CSV or an ``ADAPTER:ROOT`` string, without opening images.
 
     Parameters
@@ -179,8 +201,9 @@ def load_manifest(data: str | os.PathLike, *, labels: str | Sequence[str] = "ful
     uncertain : {'zeros', 'ones', 'ignore'}
         What -1 becomes: 0, 1, or unknown (NaN).
     views : {'frontal', 'all'}
-    split : None, 'official' or 'patient:SEED:TRAIN,VAL,TEST'
-        See :mod:`embedkit.data.splits`. The result is always audited for patient/study leakage.
+    split : None, 'official', 'official+val:SEED:FRACTION' or 'patient:SEED:TRAIN,VAL,TEST'
+        See :mod:`embedkit.data.splits` (units are connected components of patient and study ids). The result
+        is always audited for patient/study leakage.
     strict : bool
         Missing image files are an error instead of a warning.
     allow_leak : bool
@@ -189,6 +212,8 @@ def load_manifest(data: str | os.PathLike, *, labels: str | Sequence[str] = "ful
         How blank label cells read; None = the dataset's convention (CheXpert/MIMIC/PadChest: 0, CSV: unknown).
     adapter_options : mapping
         Adapter-specific options, e.g. ``{"readers": "any"}`` for VinDr, ``{"label_source": "negbio"}`` for MIMIC.
+    unknown_view : {'drop', 'keep'}
+        Under ``views='frontal'``, what happens to rows whose view is unknown (see the module docstring).
 
     Returns
     -------
@@ -198,7 +223,8 @@ def load_manifest(data: str | os.PathLike, *, labels: str | Sequence[str] = "ful
     Raises
     ------
     DataError
-        Unreadable CSV, unknown adapter or label, duplicate ids, missing files with ``strict``.
+        Unreadable CSV, unknown adapter or label, an invalid label value, duplicate ids, missing files with
+        ``strict``, no rows left after the view filter.
     LeakageError
         A patient or study in two splits without ``allow_leak``.
 
@@ -214,30 +240,50 @@ def load_manifest(data: str | os.PathLike, *, labels: str | Sequence[str] = "ful
         raise DataError(f"The 'views' parameter must be 'frontal' or 'all'. Got {views!r}.")
     if blank not in (None, "zeros", "nan"):
         raise DataError(f"The 'blank' parameter must be 'zeros' or 'nan'. Got {blank!r}.")
+    if unknown_view not in ("keep", "drop"):
+        raise DataError(f"The 'unknown_view' parameter must be 'keep' or 'drop'. Got {unknown_view!r}.")
     rule = parse_split(split)
     src = parse_data(os.fspath(data))
     if src.adapter is None:
         frame, module, blank_used, source = _from_csv(src.root, blank=blank or "nan")
         options: dict[str, str] = {}
+        dropped: dict[str, int] = {}
     else:
         options = {**src.options, **dict(adapter_options or {})}
-        frame, module, blank_used = _from_adapter(src.adapter, src.root, blank=blank, options=options)
+        frame, module, blank_used, dropped = _from_adapter(src.adapter, src.root, blank=blank, options=options)
         source = f"{src.adapter}:{src.root}"
     full = [c for c in frame.columns if c not in META_COLUMNS]
     _check_ids(frame, source)
 
-    n_before = len(frame)
-    if views == "frontal":
-        frame = frame[_frontal_mask(frame)].reset_index(drop=True)
-    n_dropped = n_before - len(frame)
+    status = _view_status(frame)
+    n_unknown = int(np.isnan(status).sum()) if status is not None else 0
+    view_rule = "no view information: every row kept" if status is None else f"unknown views: {unknown_view}"
+    if views == "frontal" and status is not None:
+        keep = (status == 1) | (np.isnan(status) & (unknown_view == "keep"))
+        dropped["not frontal"] = int((status == 0).sum())
+        if unknown_view == "drop":
+            dropped["unknown view"] = n_unknown
+        if n_unknown:
+            logger.warning("%s: %d row(s) have an unknown view (blank/UNK); %s (--unknown-view %s%s)", source,
+                           n_unknown, "dropped" if unknown_view == "drop" else "kept as frontal", unknown_view,
+                           ", the default" if unknown_view == "drop" else "")
+        frame = frame[keep].reset_index(drop=True)
+    elif views == "frontal":
+        logger.warning("%s: no view information; --views frontal keeps every row", source)
+    dropped = {k: v for k, v in dropped.items() if v}
+    for reason, count in dropped.items():
+        logger.info("%s: dropped %d row(s): %s", source, count, reason)
     if len(frame) == 0:
-        raise DataError(f"{source}: no rows left after the view filter (views={views}); try --views all.")
+        hint = " or --unknown-view keep" if views == "frontal" and n_unknown else ""
+        raise DataError(f"{source}: no rows left after the view filter (views={views}; dropped: "
+                        f"{', '.join(f'{v} {k}' for k, v in dropped.items())}); try --views all{hint}.")
 
     names, block = select_labels(frame, full, labels, module=module, source=source)
     block = block.copy()
     block[block == -1] = _UNCERTAIN[uncertain]
 
-    frame = frame.assign(split=_normalise_split(apply_split(frame, rule, source=source), source))
+    split_values, split_unit = apply_split(frame, rule, source=source)
+    frame = frame.assign(split=_normalise_split(split_values, source))
     leakage = audit_leakage(frame, allow_leak=allow_leak, source=source)
 
     missing = ~DirIndex().exists_many(frame["path"].astype(str))
@@ -255,14 +301,16 @@ def load_manifest(data: str | os.PathLike, *, labels: str | Sequence[str] = "ful
     spec = {"data": src.data, "source": str(src.root.resolve()), "adapter": src.adapter or "manifest",
             "adapter_options": options, "labels": labels if isinstance(labels, str) else list(labels),
             "label_names": list(names), "uncertain": uncertain, "blank": blank_used, "views": views,
-            "split": str(rule), "n_rows": len(out), "n_missing": n_missing, "n_dropped_views": n_dropped,
+            "split": str(rule), "split_unit": split_unit, "unknown_view": unknown_view, "view_rule": view_rule,
+            "n_rows": len(out), "n_missing": n_missing, "dropped": dropped, "n_unknown_view": n_unknown,
+            "n_dropped_views": dropped.get("not frontal", 0) + dropped.get("unknown view", 0),
             "n_unlabelled": int(np.isnan(block).all(axis=1).sum()) if names else len(out),
             "leakage": leakage.to_dict()}
     return Manifest(frame=out, label_names=tuple(names), missing=missing, leakage=leakage, _spec=spec)
 
 
 def _from_adapter(name: str, root: Path, *, blank: str | None,
-                  options: Mapping[str, str]) -> tuple[pd.DataFrame, ModuleType, str | None]:
+                  options: Mapping[str, str]) -> tuple[pd.DataFrame, ModuleType, str | None, dict[str, int]]:
     module = get_adapter(name)
     if hasattr(module, "OPTIONS"):  # an adapter without the attribute takes any keyword it likes
         check_options(options, module.OPTIONS, dataset=name)
@@ -273,7 +321,9 @@ def _from_adapter(name: str, root: Path, *, blank: str | None,
     if hasattr(module, "BLANK"):
         kwargs["blank"] = blank_used or "zeros"
     frame = module.build_rows(root, **kwargs)
-    return _conform(frame, source=f"{name}:{root}"), module, blank_used
+    # An adapter that skips candidate rows says how many, per reason, in frame.attrs["dropped"].
+    dropped = {str(k): int(v) for k, v in dict(frame.attrs.get("dropped", {})).items()}
+    return _conform(frame, source=f"{name}:{root}"), module, blank_used, dropped
 
 
 def _from_csv(path: Path, *, blank: str) -> tuple[pd.DataFrame, ModuleType | None, str, str]:
@@ -306,13 +356,11 @@ def _from_csv(path: Path, *, blank: str) -> tuple[pd.DataFrame, ModuleType | Non
     for column in raw.columns:
         if column in META_COLUMNS:
             continue
-        values = raw[column].to_numpy(dtype=object)
-        unread = np.flatnonzero(pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").isna().to_numpy())
-        if any(str(values[i]).strip().lower() not in ("", "nan", "none") for i in unread):
-            logger.warning("manifest %s: ignored column '%s' (not a label: values must be 1, 0, -1 or blank)",
+        if not _has_number(raw[column]):
+            logger.warning("manifest %s: ignored column '%s' (text without any number: not a label)",
                            path.name, column)
             continue
-        labels[column] = parse_label_values(raw[column], column=column, source=source)
+        labels[column] = parse_label_values(raw[column], column=column, source=source, ids=frame["id"].tolist())
     if labels:
         block = resolve_blanks(np.stack(list(labels.values()), axis=1), blank)
         frame = pd.concat([frame, pd.DataFrame(block, columns=list(labels))], axis=1)
@@ -337,14 +385,25 @@ def _conform(frame: pd.DataFrame, *, source: str) -> pd.DataFrame:
     for column in frame.columns:
         if column in META_COLUMNS:
             continue
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
-        known = ~np.isnan(values)
-        if np.isnan(values).sum() > frame[column].isna().sum() or not np.isin(values[known], (1, 0, -1)).all():
-            logger.warning("%s: ignored column '%s' (not a label: values must be 1, 0, -1 or blank)", source, column)
+        if not _has_number(frame[column]):
+            logger.warning("%s: ignored column '%s' (text without any number: not a label)", source, column)
             frame = frame.drop(columns=column)
-        else:
-            frame[column] = values.astype(np.float32)
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero((np.isnan(values) & frame[column].notna().to_numpy()
+                              & ~frame[column].astype(str).str.strip().str.lower().isin(("", "nan", "none")).to_numpy())
+                             | (~np.isnan(values) & ~np.isin(values, (1, 0, -1))))
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"{source}: label column '{column}' has value {frame[column].iloc[i]!r} (id "
+                            f"{frame['id'].iloc[i]!r}); labels must be 1, 0, -1 or blank ({len(bad)} bad cell(s)).")
+        frame[column] = values.astype(np.float32)
     return frame
+
+
+def _has_number(values: pd.Series) -> bool:
+    """True when any cell reads as a number: such a column is a label column and must hold only 1/0/-1/blank."""
+    return bool(pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").notna().any())
 
 
 def _check_ids(frame: pd.DataFrame, source: str) -> None:
@@ -355,23 +414,35 @@ def _check_ids(frame: pd.DataFrame, source: str) -> None:
                         f"unique: add an 'id' column or fix the duplicate rows.")
 
 
-def _frontal_mask(frame: pd.DataFrame) -> np.ndarray:
+def _view_status(frame: pd.DataFrame) -> np.ndarray | None:
+    """(N,) float64: 1 frontal, 0 not frontal, NaN unknown view; None when the source has no view information."""
+    inferred = None
+    if "view" in frame:
+        view = frame["view"].fillna("").astype(str).str.strip().str.upper()
+        inferred = np.where(view.isin(UNKNOWN_VIEWS), np.nan, view.isin(FRONTAL_VIEWS).astype(np.float64))
     if "frontal" in frame:
-        return frame["frontal"].fillna(False).astype(bool).to_numpy()
-    if "view" in frame and (frame["view"].fillna("") != "").any():
-        return frame["view"].fillna("").str.upper().isin(FRONTAL_VIEWS).to_numpy()
-    logger.info("no view information; keeping every row as frontal")
-    return np.ones(len(frame), dtype=bool)
+        given = pd.Series(frame["frontal"], dtype=object)
+        known = given.notna().to_numpy()
+        out = np.where(known, given.fillna(False).astype(bool).astype(np.float64), np.nan)
+        return out if inferred is None else np.where(known, out, inferred)
+    return inferred
 
 
 def _parse_frontal(values: pd.Series, view: pd.Series | None, source: str) -> np.ndarray:
+    """CSV ``frontal`` cells -> (N,) object True / False / None (blank: inferred from ``view``, else unknown)."""
     text = values.str.lower()
     bad = ~text.isin(_TRUE | _FALSE | {""})
     if bad.any():
         raise DataError(f"{source}: column 'frontal' has value {values[bad].iloc[0]!r}; use 1, 0 or blank.")
-    inferred = view.fillna("").str.upper().isin(FRONTAL_VIEWS) if view is not None else pd.Series(True,
-                                                                                                  index=text.index)
-    return np.where(text == "", inferred, text.isin(_TRUE)).astype(bool)
+    out = pd.Series(text.isin(_TRUE).to_numpy(), dtype=object)
+    if view is not None:
+        status = _view_status(pd.DataFrame({"view": view.to_numpy()}))
+        inferred = pd.Series([None if s != s else bool(s) for s in status], dtype=object)
+    else:
+        inferred = pd.Series([None] * len(text), dtype=object)
+    blank = (text == "").to_numpy()
+    out[blank] = inferred[blank]
+    return out.to_numpy(dtype=object)
 
 
 def _normalise_split(values: np.ndarray, source: str) -> np.ndarray:

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 META_COLUMNS = ("id", "path", "patient_id", "study_id", "split", "view", "frontal", "sex", "age", "dataset",
                 "reader_id")
 
+#: View strings that say nothing about the view (compared stripped, upper-case): such a row's view is unknown.
+UNKNOWN_VIEWS = frozenset({"", "UNK", "UNKNOWN", "NAN", "NONE"})
+
 #: Split names after normalisation; '' = not in any split.
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
                  "validation": "val", "dev": "val", "test": "test", "testing": "test", "": ""}
@@ -62,8 +65,20 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], *, path: Path, 
         raise DataError(f"{dataset}: '{path}' lacks column(s) {missing}; found {list(frame.columns)[:12]}.")
 
 
-def parse_label_values(values: pd.Series, *, column: str, source: str) -> np.ndarray:
+def parse_label_values(values: pd.Series, *, column: str, source: str, first_line: int = 2,
+                       ids: Sequence[str] | None = None) -> np.ndarray:
     """Strings ``1``/``1.0``/``0``/``-1``/blank -> float32 1/0/-1/NaN; anything else is a DataError.
+
+    One bad cell stops the read (it never drops the label or the row): the message names the column, the
+    file line (``first_line`` is the line of the first value: 2 under a header row), the row id when ``ids``
+    is given, and the value.
+
+    Parameters
+    ----------
+    values : pd.Series
+        (N,) str cells of one label column.
+    ids : sequence of str, optional
+        (N,) row ids, named in the message.
 
     Returns
     -------
@@ -79,8 +94,9 @@ def parse_label_values(values: pd.Series, *, column: str, source: str) -> np.nda
     bad += np.flatnonzero(~np.isnan(out) & ~np.isin(out, (1.0, 0.0, -1.0))).tolist()
     if bad:
         i = int(min(bad))
-        raise DataError(f"{source}: label column '{column}' has value {raw[i]!r} (row {i + 1}); "
-                        f"labels must be 1, 0, -1 or blank.")
+        where = f"line {i + first_line}" + (f", id {str(ids[i])!r}" if ids is not None else "")
+        raise DataError(f"{source}: label column '{column}' has value {raw[i]!r} ({where}); "
+                        f"labels must be 1, 0, -1 or blank. Fix the cell ({len(bad)} bad cell(s) in this column).")
     return out.astype(np.float32)
 
 

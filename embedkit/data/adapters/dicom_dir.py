@@ -1,7 +1,9 @@
 """``dicom:ROOT`` — any folder tree of DICOM files, read header-only, with every identifier pseudonymised.
 
 Each file under ROOT (recursively, in sorted order) is opened with ``stop_before_pixels=True``; files that are not
-DICOM (no ``DICM`` marker and no ``.dcm``/``.dicom`` suffix) are skipped and counted. One row per image:
+DICOM (no ``DICM`` marker and no ``.dcm``/``.dicom`` suffix) are skipped and counted, so are files whose header
+cannot be read and files that repeat another file's SOPInstanceUID (the first in sorted path order is kept; a
+warning gives the count). One row per image:
 
 - ``path``: absolute path (the folder layout is the user's; it is not read for identifiers),
 - ``id``: salted hash of SOPInstanceUID, else of the path relative to ROOT,
@@ -43,12 +45,13 @@ def build_rows(root: Path, *, salt: str | None = None, **_options: Any) -> Any:
     -------
     pandas.DataFrame
         Columns ``path, id, patient_id, study_id, view, sex, age, dataset`` (``age`` float, NaN if unknown).
-        ``frame.attrs`` holds ``n_files``, ``n_not_dicom``, ``n_unreadable``.
+        ``frame.attrs`` holds ``n_files``, ``n_not_dicom``, ``n_unreadable``, ``n_duplicates`` and ``dropped``
+        (those counts per reason, for the manifest's drop summary).
 
     Raises
     ------
     DataError
-        If ``root`` is not a folder, or two files have the same hashed id (duplicate SOPInstanceUID).
+        If ``root`` is not a folder.
     """
     import pandas as pd
 
@@ -85,14 +88,19 @@ def build_rows(root: Path, *, salt: str | None = None, **_options: Any) -> Any:
         })
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame["age"] = pd.to_numeric(frame["age"], errors="coerce")
-    dup = frame["id"].duplicated()
-    if dup.any():
-        raise DataError(
-            f"dicom:{root}: {int(dup.sum())} files repeat another file's SOPInstanceUID (copies?). "
-            "Remove the duplicates or point at a folder without them."
-        )
+    # A copy of an image (same SOPInstanceUID) would be counted twice and could sit in two splits: the first
+    # file in sorted path order is kept, the rest are skipped and counted.
+    dup = frame["id"].duplicated(keep="first").to_numpy()
+    n_duplicates = int(dup.sum())
+    if n_duplicates:
+        logger.warning("dicom:%s: skipped %d file(s) that repeat another file's SOPInstanceUID (copies?); kept the "
+                       "first in path order", root, n_duplicates)
+        frame = frame[~dup].reset_index(drop=True)
     scrub_frame(frame, strict=True)  # guard: only the safe columns above may leave this function
-    frame.attrs.update(n_files=n_files, n_not_dicom=n_not_dicom, n_unreadable=n_unreadable)
+    frame.attrs.update(n_files=n_files, n_not_dicom=n_not_dicom, n_unreadable=n_unreadable,
+                       n_duplicates=n_duplicates,
+                       dropped={"duplicate SOPInstanceUID": n_duplicates, "unreadable DICOM header": n_unreadable,
+                                "not DICOM (file skipped)": n_not_dicom})
     if n_not_dicom or n_unreadable:
         logger.info("dicom:%s: %d files, %d not DICOM, %d unreadable", root, n_files, n_not_dicom, n_unreadable)
     return frame

@@ -7,7 +7,8 @@ blank as in CheXpert (blank read as 0 by default); a study with no label row, or
 (all NaN) under every policy. Options: ``label_source`` = ``chexpert`` (default) or ``negbio``;
 ``test_labels`` = ``labeler`` (default) or ``radiologist`` (2.1.0's ``mimic-cxr-2.1.0-test-set-labeled.csv``
 replaces the labels of the studies it covers; its ``Airspace Opacity`` is ``lung_opacity``). Frontal =
-``ViewPosition`` PA or AP (empty, LATERAL, AP AXIAL… are not). Official split: train / validate (-> val) / test.
+``ViewPosition`` PA or AP (LATERAL, AP AXIAL… are not; empty is an unknown view). Official split: train /
+validate (-> val) / test.
 StudyDate/StudyTime are never read into the manifest.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from embedkit.data.adapters._common import (find_file, parse_label_values, read_csv, require_columns,
-                                            resolve_blanks, snake)
+                                            UNKNOWN_VIEWS, resolve_blanks, snake)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def build_rows(root: Path, *, blank: str = BLANK, label_source: str = "chexpert"
         "study_id": study.to_numpy(),
         "split": [_SPLIT.get(split_of.get(d, ""), "") for d in dicom],
         "view": view.to_numpy(),
-        "frontal": view.isin(_FRONTAL).to_numpy(),
+        # A blank ViewPosition is an unknown view (None): load_manifest's unknown_view rule decides.
+        "frontal": np.where(view.isin(UNKNOWN_VIEWS), None, view.isin(_FRONTAL)).astype(object),
         "dataset": "mimic",
     })
     return pd.concat([frame, pd.DataFrame(block.astype(np.float32), columns=list(LABELS))], axis=1)

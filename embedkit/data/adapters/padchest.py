@@ -6,8 +6,9 @@ The leading unnamed column (a saved pandas index) is ignored. ``Labels`` is a st
 ``copd_signs``, ``normal``), positives only: a term absent from a row is 0 by default (``blank='nan'``: unknown).
 A literal ``nan`` Labels cell makes the whole row unknown. Literal ``nan``/``None`` cells are missing values.
 Paths are ``ROOT/{ImageDir}/{ImageID}``, falling back to the flat ``ROOT/{ImageID}`` of resized copies.
-``view`` = ``Projection``; frontal = PA, AP, AP_horizontal. Age = StudyDate year - PatientBirth (NaN if
-either is missing). There is no official split: use ``patient:SEED:...`` (patient = ``PatientID``).
+``view`` = ``Projection``; frontal = PA, AP, AP_horizontal; UNK / blank is an unknown view (``frontal`` None,
+see ``unknown_view`` in :mod:`embedkit.data.manifest`). Age = StudyDate year - PatientBirth (NaN if either is
+missing). There is no official split: use ``patient:SEED:...`` (patient = ``PatientID``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedkit.data.adapters._common import DirIndex, find_file, read_csv, require_columns, snake
+from embedkit.data.adapters._common import (UNKNOWN_VIEWS, DirIndex, find_file, read_csv, require_columns,
+                                            snake)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,9 @@ def build_rows(root: Path, *, blank: str = BLANK, **options) -> pd.DataFrame:
         "study_id": raw["StudyID"].str.strip().to_numpy(),
         "split": "",
         "view": projection.to_numpy(),
-        "frontal": projection.str.upper().isin(_FRONTAL).to_numpy(),
+        # UNK / blank / nan Projection is an unknown view (None): load_manifest's unknown_view rule decides.
+        "frontal": np.where(projection.str.upper().isin(UNKNOWN_VIEWS), None,
+                            projection.str.upper().isin(_FRONTAL)).astype(object),
         "sex": np.where(pd.Series(sex).isin(["M", "F", "O"]), sex, "") if "PatientSex_DICOM" in raw else "",
         "age": _ages(raw),
         "dataset": "padchest",

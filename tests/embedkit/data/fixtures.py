@@ -218,14 +218,19 @@ PADCHEST_ROWS = [
     (8, "3", 6, 7, "AP", "AP", "['COPD signs', 'nodule']", {"labelCUIS": "['C0000001' 'C0000002']"}),
 ]
 PADCHEST_MISSING = 5  # row number whose image is not written (an EXCLUDEd/unreadable file in the real data)
+#: The real CSV's quirk (datasets.md §4.3: "One StudyID maps to two PatientIDs"): row 9 is patient P7 in P4's
+#: study 5. Under seed 0 and 0.7/0.1/0.2 a split by PatientID alone puts P4 in test and P7 in train.
+PADCHEST_SHARED_STUDY_ROWS = [(9, "3", 7, 5, "PA", "PA", "['normal']", {})]
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 
 
-def make_padchest(root: Path, *, flat: bool = False) -> Path:
+def make_padchest(root: Path, *, flat: bool = False, shared_study: bool = False) -> Path:
     """PadChest: the gzipped 36-field CSV (leading empty index field, literal nan/None), 16-bit-PNG paths
-    ``{ImageDir}/{ImageID}`` (or all flat in ROOT with ``flat=True``)."""
+    ``{ImageDir}/{ImageID}`` (or all flat in ROOT with ``flat=True``); ``shared_study`` adds
+    :data:`PADCHEST_SHARED_STUDY_ROWS` (a StudyID shared by two PatientIDs, as in the real CSV)."""
     rows = []
-    for k, (row, folder, patient, study, proj, viewpos, labels, extra) in enumerate(PADCHEST_ROWS):
+    table = PADCHEST_ROWS + (PADCHEST_SHARED_STUDY_ROWS if shared_study else [])
+    for k, (row, folder, patient, study, proj, viewpos, labels, extra) in enumerate(table):
         image, _ = padchest_ids(100 + row)
         _, pid = padchest_ids(patient)
         _, sid = padchest_ids(1000 + study)
@@ -257,7 +262,7 @@ def padchest_image_id(row: int) -> str:
 
 
 def padchest_patient_id(patient: int) -> str:
-    """The PatientID of fixture patient ``patient`` (P1..P6)."""
+    """The PatientID of fixture patient ``patient`` (P1..P7)."""
     return padchest_ids(patient)[1]
 
 

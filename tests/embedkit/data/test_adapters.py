@@ -282,3 +282,31 @@ def test_adapter_errors(tmp_path, nih_root):
         load_manifest(f"nih:{tmp_path / 'absent'}")
     with pytest.raises(DataError, match="takes no option 'readers'"):
         load_manifest(f"nih:{nih_root}?readers=any")
+
+
+# -------------------------------------------------------------------------------------------------- DICOM folder
+def test_dicom_duplicates_are_skipped_and_counted_and_blank_views_follow_the_rule(tmp_path, monkeypatch, caplog):
+    import shutil
+
+    import pydicom
+
+    from embedkit.data.phantoms import make_phantoms
+
+    monkeypatch.setenv("EMBEDKIT_SALT", "test-salt")
+    make_phantoms(tmp_path / "ph", n=6, size=32, seed=0)
+    files = sorted((tmp_path / "ph").rglob("*.dcm"))
+    shutil.copy(files[0], tmp_path / "ph" / "zz_copy.dcm")  # same SOPInstanceUID: used to refuse the folder
+    blank = pydicom.dcmread(files[1])
+    blank.ViewPosition = ""
+    blank.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["blank-view"])
+    blank.save_as(tmp_path / "ph" / "zz_blank_view.dcm")
+    with caplog.at_level(logging.WARNING):
+        m = load_manifest(f"dicom:{tmp_path / 'ph'}")
+    assert "skipped 1 file(s) that repeat another file's SOPInstanceUID" in caplog.text
+    n_other = sum(p.is_file() and p.suffix != ".dcm" for p in (tmp_path / "ph").rglob("*"))  # PNGs, the CSV
+    assert len(m) == len(files) and m.spec()["dropped"] == {"duplicate SOPInstanceUID": 1, "unknown view": 1,
+                                                            "not DICOM (file skipped)": n_other}
+    kept = load_manifest(f"dicom:{tmp_path / 'ph'}", unknown_view="keep")
+    assert len(kept) == len(files) + 1 and kept.spec()["dropped"]["duplicate SOPInstanceUID"] == 1
+    assert "unknown view" not in kept.spec()["dropped"]
+    assert kept.spec()["n_unknown_view"] == 1

@@ -207,3 +207,78 @@ def test_phantom_manifest_and_dicom_adapter(tmp_path, monkeypatch):
     assert len(dicoms) == sum(p.suffix == ".dcm" for p in (tmp_path / "ph").rglob("*"))
     assert dicoms.label_names == () and dicoms.labels.shape == (len(dicoms), 0)
     assert dicoms.spec()["adapter"] == "dicom" and dicoms.leakage.ok
+
+
+# ------------------------------------------------------------------------------------------ no silent loss
+def test_one_invalid_label_cell_is_an_error_naming_column_line_id_and_value(tmp_path):
+    csv = write(tmp_path / "m.csv", "id,path,finding,other\na,a.png,1,0\nb,b.png,yes,1\nc,c.png,0,\n")
+    with pytest.raises(DataError, match=r"label column 'finding' has value 'yes' \(line 3, id 'b'\)") as info:
+        load_manifest(str(csv), views="all")  # used to drop the whole 'finding' label with a log line
+    assert "\n" not in str(info.value)
+    result = runner.invoke(app, ["manifest", str(csv), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and "'yes'" in result.output and "finding" in result.output
+
+
+def test_adapter_label_error_names_the_file_line(fx, tmp_path):
+    root = fx.make_chexpert(tmp_path)
+    train = root / "CheXpert-v1.0-small" / "train.csv"
+    lines = train.read_text().splitlines()
+    lines[3] = lines[3].replace("-1.0,1.0,", "-1.0,yes,", 1)
+    train.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"'Lung Opacity' has value 'yes' \(line 4\)"):
+        load_manifest(f"chexpert:{root}")
+
+
+UNKNOWN_VIEWS_CSV = "id,path,view,finding\na,a.png,PA,1\nb,b.png,LATERAL,0\nc,c.png,,1\nd,d.png,UNK,0\ne,e.png,AP,1\n"
+
+
+def test_unknown_views_follow_an_explicit_rule_and_are_counted(tmp_path, caplog):
+    csv = write(tmp_path / "m.csv", UNKNOWN_VIEWS_CSV)
+    with caplog.at_level(logging.WARNING):
+        dropped = load_manifest(str(csv))
+    assert dropped.ids.tolist() == ["a", "e"]
+    assert dropped.spec()["dropped"] == {"not frontal": 1, "unknown view": 2}
+    assert dropped.spec()["n_unknown_view"] == 2 and "2 row(s) have an unknown view" in caplog.text
+    kept = load_manifest(str(csv), unknown_view="keep")
+    assert kept.ids.tolist() == ["a", "c", "d", "e"] and kept.spec()["dropped"] == {"not frontal": 1}
+    # an unknown view stays unknown through the written CSV (blank 'frontal'), not "not frontal"
+    again = load_manifest(str(kept.write_csv(tmp_path / "out.csv")), unknown_view="keep")
+    assert again.ids.tolist() == ["a", "c", "d", "e"]
+    with pytest.raises(DataError, match="'unknown_view'"):
+        load_manifest(str(csv), unknown_view="maybe")
+
+
+def test_cli_prints_one_line_per_drop_reason_and_the_view_rule(tmp_path):
+    csv = write(tmp_path / "m.csv", UNKNOWN_VIEWS_CSV)
+    result = runner.invoke(app, ["manifest", str(csv), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    assert "dropped 1 row(s): not frontal" in result.stdout and "dropped 2 row(s): unknown view" in result.stdout
+    assert "--unknown-view" in result.stdout
+    keep = runner.invoke(app, ["manifest", str(csv), "--out", str(tmp_path / "k.csv"), "--unknown-view", "keep",
+                               "--json"])
+    doc = json.loads(keep.stdout)
+    assert doc["rows"] == 4 and doc["spec"]["unknown_view"] == "keep" and doc["spec"]["n_unknown_view"] == 2
+    bad = runner.invoke(app, ["manifest", str(csv), "--out", str(tmp_path / "x.csv"), "--unknown-view", "x"])
+    assert bad.exit_code == 2 and "unknown_view" in bad.output
+
+
+def test_all_unknown_views_under_frontal_is_an_actionable_error(tmp_path):
+    csv = write(tmp_path / "m.csv", "path,view\na.png,\nb.png,\n")
+    with pytest.raises(DataError, match="--unknown-view keep"):
+        load_manifest(str(csv))
+    assert len(load_manifest(str(csv), unknown_view="keep")) == 2
+    no_views = load_manifest(str(write(tmp_path / "n.csv", "path\na.png\n")))  # nothing to filter on
+    assert len(no_views) == 1 and no_views.spec()["view_rule"].startswith("no view information")
+
+
+def test_split_unit_is_recorded_and_shown(vindr_root, chexpert_root, tmp_path):
+    csv = write(tmp_path / "m.csv", "path,patient_id,finding\na.png,p1,1\nb.png,,0\nc.png,p2,1\n")
+    images = load_manifest(str(csv), split="patient:0:0.6,0.2,0.2")
+    assert images.spec()["split_unit"] == "image"  # one row has no patient id: it is its own unit
+    readers = load_manifest(f"vindr:{vindr_root}?readers=per-reader", split="patient:0:0.6,0.2,0.2")
+    assert readers.spec()["split_unit"] == "study"  # VinDr: no patient ids; the image's readers stay together
+    assert load_manifest(f"chexpert:{chexpert_root}", split="patient:0:0.6,0.2,0.2").spec()["split_unit"] == "patient"
+    assert load_manifest(f"chexpert:{chexpert_root}", split="official").spec()["split_unit"] is None
+    result = runner.invoke(app, ["manifest", f"vindr:{vindr_root}", "--out", str(tmp_path / "out.csv"), "--split",
+                                 "patient:0:0.6,0.2,0.2"])
+    assert result.exit_code == 0 and "split unit: study" in result.stdout and "no patient ids" in result.stdout
