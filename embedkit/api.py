@@ -1,11 +1,16 @@
-"""Python API for notebooks, mirroring the CLI: ``extract`` and ``cache_images``.
+"""Python API for notebooks, mirroring the CLI: ``extract``, ``cache_images``, ``probe`` and ``compare``.
 
 >>> import embedkit.api as ek                                                  # doctest: +SKIP
 >>> st = ek.extract("dinov3-vitb16", "nih:/data/nih", "runs/nih_b16.zarr", res=512)  # doctest: +SKIP
 >>> X = st.load("cls", split="train")                                          # doctest: +SKIP
 
-Both calls resume an interrupted run when given the same arguments, and may run under torchrun (each rank calls
-the same function). They return the opened result, read-only.
+``extract`` and ``cache_images`` resume an interrupted run when given the same arguments, and may run under torchrun (each rank calls
+the same function). They return the opened result, read-only. ``probe`` and ``compare`` are the application layer's
+functions (:mod:`embedkit.app`), returning :class:`~embedkit.app.probe.ProbeResult` /
+:class:`~embedkit.app.compare.CompareResult`:
+
+>>> res = ek.probe("runs/nih_b16.zarr", "runs/nih_b16-linear", features="cls")  # doctest: +SKIP
+>>> ek.compare(["runs/nih_b16-linear", "runs/nih_b16-mlp"]).runs              # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from embedkit.app.compare import compare
+from embedkit.app.probe import probe
 from embedkit.errors import ExtractionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from stores import EmbeddingStore
     from stores.image_cache import ImageCache
 
-__all__ = ["extract", "cache_images"]
+__all__ = ["extract", "cache_images", "probe", "compare", "finetune"]
 
 
 def extract(
@@ -151,3 +158,43 @@ def _strict(report, strict: bool) -> None:
             f"{report.store_failed} image(s) could not be read (first: {first[0]}: {first[1]}); "
             "fix or drop them from the manifest, or pass strict=False to keep going."
         )
+
+
+def finetune(model: str, data: str, out: str | Path, *, res: int, mode: str = "full",
+             protocol: Literal["paper", "modern"] = "paper", **options) -> dict:
+    """Finetune MODEL (backbone + linear head) on DATA into the run directory OUT; the same as ``embedkit finetune``.
+
+    Parameters
+    ----------
+    model : str
+        Registry name, hub id, ``timm:NAME``, a ``save_pretrained`` folder or a checkpoint file.
+    data : str
+        An embedding store (then the rows, labels, split and test ids are its probes'), an image cache, a manifest
+        CSV or ``ADAPTER:ROOT``.
+    out : str or Path
+        Run directory; calling again with the same arguments resumes (or returns the finished metrics).
+    res : int
+        Input side in pixels.
+    mode : str
+        ``full`` or ``last:K``.
+    protocol : {"paper", "modern"}
+        Training recipe; ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``precision``, ``select`` ... in
+        ``options`` override it (see :func:`embedkit.app.finetune.run_finetune`).
+
+    Returns
+    -------
+    dict
+        The run's ``metrics.json`` document (``mean_auroc``, ``test``, ``chosen`` epoch, ``history``, ``pairing``).
+
+    Raises
+    ------
+    EmbedkitError, ProbeError, StoreError
+
+    Examples
+    --------
+    >>> doc = finetune("dinov3-vitb16", "runs/nih_b16.zarr", "runs/ft_b16", res=512)  # doctest: +SKIP
+    >>> doc["mean_auroc"]["value"]  # doctest: +SKIP
+    """
+    from embedkit.app.finetune import run_finetune
+
+    return run_finetune(model, data, out, res=res, mode=mode, protocol=protocol, **options).metrics

@@ -20,6 +20,7 @@ from probes.metrics import (
     THRESHOLD_METRICS,
     SingleClassWarning,
     ThresholdMode,
+    ThresholdRule,
     mean_over_labels,
     resampled_metrics,
     single_class_labels,
@@ -122,6 +123,7 @@ def evaluate(
     threshold_mode: ThresholdMode = "val",
     label_names: Sequence[str] | None = None,
     ci: float = 0.95,
+    youden_rule: ThresholdRule = "ge",
 ) -> Evaluation:
     """Evaluate scores on a test set, with bootstrap CIs.
 
@@ -139,6 +141,8 @@ def evaluate(
     label_names : sequence of str (K), optional
     ci : float
         Percentile-interval coverage (0.95).
+    youden_rule : {"ge", "gt"}
+        ``score >= threshold`` (default) or the reference study's strict ``score > threshold``.
 
     Returns
     -------
@@ -165,15 +169,17 @@ def evaluate(
     for k in np.flatnonzero(single_class_labels(y)):
         msgs.append(f"label '{names[k]}' has one class in the test set; its metrics are NaN and excluded from means")
     if threshold_mode == "youden-test":
-        point_thr = youden_thresholds(y, s)
+        point_thr = youden_thresholds(y, s, rule=youden_rule)
     else:
         point_thr = thresholds
-    point = resampled_metrics(y, s, np.ones((1, y.shape[0]), dtype=np.float32), thresholds=point_thr)
+    point = resampled_metrics(y, s, np.ones((1, y.shape[0]), dtype=np.float32), thresholds=point_thr,
+                              rule=youden_rule)
     point = {k: v[0] for k, v in point.items()}
     boot: dict[str, np.ndarray] = {}
     if plan is not None:
         counts = plan.counts()
-        boot = resampled_metrics(y, s, counts, thresholds=thresholds, threshold_mode=threshold_mode)
+        boot = resampled_metrics(y, s, counts, thresholds=thresholds, threshold_mode=threshold_mode,
+                                 rule=youden_rule)
         nan_frac = np.isnan(boot["auroc"]).mean(axis=0)
         for k in np.flatnonzero((nan_frac > 0) & ~np.isnan(point["auroc"])):
             msgs.append(f"label '{names[k]}' has one class in {int(round(nan_frac[k] * plan.n_boot))} of "

@@ -22,7 +22,7 @@ from probes.bootstrap import BootstrapPlan, ids_hash
 from probes.errors import ProbeError
 from probes.evaluate import Evaluation, evaluate
 from probes.heads import Probe, make_probe
-from probes.metrics import ThresholdMode, youden_thresholds
+from probes.metrics import ThresholdMode, ThresholdRule, youden_thresholds
 from probes.splits import subsample_train
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def run_probe(
     seed: int = 0,
     plan: BootstrapPlan | None = None,
     threshold_mode: ThresholdMode = "val",
+    youden_rule: ThresholdRule = "ge",
     device: str = "cpu",
     head_options: dict | None = None,
 ) -> RunResult:
@@ -105,7 +106,8 @@ def run_probe(
         ``sklearn`` is the float32 reference (not for 800k x 4096 matrices).
     label_names : sequence (K,), optional
     groups : sequence (N,), optional
-        Patient ids (label-fraction subsampling is by patient).
+        Split unit of each row (patient, or a connected patient/study component): label-fraction subsampling keeps
+        whole units.
     label_fraction : float in (0, 1]
         Fraction of training patients used.
     seed : int
@@ -113,6 +115,9 @@ def run_probe(
     plan : BootstrapPlan, optional
         Resamples of the canonical test rows; its ``ids_sha256`` must match them.
     threshold_mode : {"val", "youden-test"}
+    youden_rule : {"ge", "gt"}
+        ``score >= threshold`` (default) or the reference study's strict ``score > threshold``, for the validation
+        thresholds and the test metrics alike.
     device : str
     head_options : dict, optional
         Passed to ``make_probe``.
@@ -147,10 +152,10 @@ def run_probe(
     t0 = time.perf_counter()
     scores = probe.predict_proba(x)
     timings["predict_s"] = time.perf_counter() - t0
-    thresholds = youden_thresholds(y[va], scores[va])
+    thresholds = youden_thresholds(y[va], scores[va], rule=youden_rule)
     t0 = time.perf_counter()
     ev = evaluate(y[test_rows], scores[test_rows], plan=plan, thresholds=thresholds, threshold_mode=threshold_mode,
-                  label_names=names)
+                  label_names=names, youden_rule=youden_rule)
     timings["evaluate_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     return RunResult(head=probe, label_names=names, label_fraction=label_fraction, seed=seed, n_train=int(tr.size),

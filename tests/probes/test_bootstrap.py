@@ -96,3 +96,27 @@ def test_paired_compare_p_values_and_intervals():
     assert same["delta_mean"] == 0 and same["p_a_le_b_mean"] == 1.0
     with pytest.raises(PairingError):
         paired_compare(bg, bb[:-1])
+
+
+def test_patient_resampling_covers_clustered_data_and_image_resampling_does_not():
+    # 1,000 simulated problems, 300 patients x 4 images each; a patient's images share its label and a random
+    # effect (sd 1) on top of image noise (sd 0.5), so images of one patient are strongly correlated. Pairs of a
+    # positive and a negative image always come from two patients, so the image-level AUROC estimates
+    # Phi(d / sqrt(2 (su^2 + se^2))) without bias.
+    rng = np.random.default_rng(1)
+    n_pat, per, reps, d, su, se = 300, 4, 1000, 1.0, 1.0, 0.5
+    groups = np.repeat(np.arange(n_pat), per).astype(str)
+    y = np.repeat((rng.random((n_pat, reps)) < 0.3).astype(float), per, axis=0)
+    s = (d * y + np.repeat(rng.normal(scale=su, size=(n_pat, reps)), per, axis=0)
+         + rng.normal(scale=se, size=(n_pat * per, reps)))
+    truth = norm.cdf(d / np.sqrt(2 * (su**2 + se**2)))
+
+    def coverage(plan):
+        boot = resampled_metrics(y, s, plan.counts())["auroc"]
+        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+        return np.mean((lo <= truth) & (truth <= hi))
+
+    patients = coverage(bootstrap_indices(n_pat * per, 300, seed=1, groups=groups))
+    images = coverage(bootstrap_indices(n_pat * per, 300, seed=1))
+    assert patients >= 0.93, patients
+    assert images < 0.85, images  # resampling images treats correlated images as independent: CIs too narrow

@@ -6,8 +6,9 @@ import pytest
 
 from probes.errors import ProbeError
 from probes.heads import make_probe
+from probes.knn import KNNProbe
+from probes.logistic import LogisticSweepProbe
 from probes.metrics import auroc, mean_over_labels
-from probes.splits import carve_val, check_no_leak, patient_split, subsample_train
 from probes.synthetic import make_multilabel_features
 
 
@@ -88,27 +89,6 @@ def test_unknown_head_and_empty_val_are_refused(data):
         make_probe("knn").fit(*train, val[0], y1)
 
 
-def test_patient_split_and_subsampling_keep_patients_whole():
-    groups = np.repeat([f"p{i}" for i in range(100)], 3)
-    split = patient_split(300, groups=groups, seed=0)
-    check_no_leak(split, groups)
-    assert set(split) == {"train", "val", "test"}
-    assert abs((split == "train").mean() - 0.7) < 0.05
-    assert np.array_equal(split, patient_split(300, groups=groups, seed=0))
-    keep = subsample_train(split, fraction=0.1, groups=groups, seed=0)
-    kept_patients = np.unique(groups[keep])
-    assert kept_patients.size == round(0.1 * np.unique(groups[split == "train"]).size)
-    assert keep[np.isin(groups, kept_patients) & (split == "train")].all()
-    assert not np.array_equal(keep, subsample_train(split, fraction=0.1, groups=groups, seed=1))
-    carved = carve_val(np.where(split == "val", "train", split), groups=groups, seed=0)
-    check_no_leak(carved, groups)
-    assert (carved == "val").any()
-    leaky = split.copy()
-    leaky[0] = "test" if leaky[1] != "test" else "train"
-    with pytest.raises(ProbeError, match="more than one split"):
-        check_no_leak(leaky, groups)
-
-
 @pytest.mark.gpu
 def test_linear_grid_on_cuda_matches_cpu(data):
     train, val, test = data
@@ -124,3 +104,79 @@ def test_linear_grid_on_cuda_matches_cpu(data):
                                                            val[0].astype(np.float16), val[1])
     assert half.best_params_["lr"] == gpu.best_params_["lr"]
     assert abs(_test_auroc(half, (test[0].astype(np.float16), test[1])) - _test_auroc(gpu, test)) < 1e-3
+
+
+# --------------------------------------------------------------------------- head options (probe --lr/...)
+@pytest.fixture(scope="module")
+def small():
+    x, y = make_multilabel_features(400, 16, 3, rank=4, signal=2.0, seed=1, missing=0.0)
+    return (x[:239], y[:239]), (x[300:], y[300:])  # 239 training rows: not a multiple of 30
+
+
+def test_mlp_takes_the_cli_head_options_and_selects_on_val_loss(small):
+    train, val = small
+    p = make_probe("mlp", seed=0, lr=1e-3, batch_size=30, epochs=6, drop_last=True, select="val_loss",
+                   patience=None).fit(*train, *val)
+    # Fixed budget: every epoch ran; the kept epoch is the one of lowest validation loss.
+    assert [h["epoch"] for h in p.history_] == [1, 2, 3, 4, 5, 6]
+    losses = [h["val_loss"] for h in p.history_]
+    assert p.best_params_["epoch"] == int(np.argmin(losses)) + 1
+    assert p.best_val_loss_ == pytest.approx(min(losses))
+    assert p.best_params_["lr"] == 1e-3 and p.best_params_["batch_size"] == 30
+    assert p.best_params_["select"] == "val_loss" and p.best_params_["drop_last"] is True
+    # The returned model is that epoch's: its validation loss is the recorded one.
+    import torch
+
+    from probes.mlp import masked_bce
+
+    logits = torch.from_numpy(p.decision_function(val[0]))
+    loss = float(masked_bce(logits, torch.from_numpy(val[1].astype(np.float32)), torch.from_numpy(p.pos_weight_)))
+    assert loss == pytest.approx(p.best_val_loss_, rel=1e-5)
+
+
+def test_mlp_val_auroc_selection_is_the_default(small):
+    train, val = small
+    p = make_probe("mlp", seed=0, lr=1e-3, epochs=4, patience=None).fit(*train, *val)
+    scores = [h["val_auroc"] for h in p.history_]
+    assert p.best_params_["select"] == "val_auroc" and p.best_val_auroc_ == pytest.approx(max(scores))
+
+
+def test_mlp_drop_last_skips_the_incomplete_batch(small):
+    train, val = small
+    opts = dict(seed=0, lr=1e-3, batch_size=30, epochs=2, patience=None)
+
+    def weights(x, y, drop_last):
+        p = make_probe("mlp", drop_last=drop_last, **opts).fit(x, y, *val)
+        return p.state_dict()["5.weight"]
+
+    # 239 rows: the last batch has 29 rows, so dropping it changes the training...
+    assert not np.array_equal(weights(*train, True), weights(*train, False))
+    # ...while with 240 rows there is no incomplete batch and both are identical.
+    x240, y240 = np.concatenate([train[0], val[0][:1]]), np.concatenate([train[1], val[1][:1]])
+    np.testing.assert_array_equal(weights(x240, y240, True), weights(x240, y240, False))
+    with pytest.raises(ProbeError, match="drop_last.*batch"):
+        make_probe("mlp", drop_last=True, batch_size=500).fit(*train, *val)
+
+
+@pytest.mark.parametrize("opts, match", [
+    (dict(lr=0.0), "lr > 0"), (dict(epochs=0), "epochs >= 1"), (dict(select="val_f1"), "val_auroc, val_loss"),
+    (dict(lr=1e-3, lrs=(1e-3,)), "either 'lr' or 'lrs'"), (dict(patience=0), "patience"),
+    (dict(momentum=0.9), "unknown mlp option"),
+])
+def test_mlp_refuses_bad_options(opts, match):
+    with pytest.raises(ProbeError, match=match):
+        make_probe("mlp", **opts)
+
+
+@pytest.mark.parametrize("kind, accepted", [("knn", "ks, temperature"), ("sklearn", "Cs, max_iter")])
+@pytest.mark.parametrize("option", ["lr", "batch_size", "epochs", "drop_last", "select"])
+def test_heads_without_a_training_loop_name_the_option_that_does_not_apply(kind, accepted, option):
+    with pytest.raises(ProbeError, match=f"The '{option}' option does not apply to the {kind} head.*{accepted}"):
+        make_probe(kind, **{option: 1})
+    with pytest.raises(ProbeError, match=f"'{option}' option does not apply"):
+        (KNNProbe if kind == "knn" else LogisticSweepProbe)(**{option: 1})
+
+
+def test_unknown_option_of_knn_is_named():
+    with pytest.raises(ProbeError, match="The 'k' option does not apply to the knn head. Options of knn: ks"):
+        make_probe("knn", k=5)

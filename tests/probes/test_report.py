@@ -9,13 +9,21 @@ import pytest
 
 from probes.bootstrap import plan_for_test_set
 from probes.errors import PairingError, ProbeError
-from probes.report import PER_LABEL_COLUMNS, compare_runs, describe_provenance, load_run, write_run
+from probes.report import PER_LABEL_COLUMNS, compare_runs, display_names, load_run, to_json, write_run
 from probes.runner import canonical_test_rows, run_probe
-from probes.splits import patient_split
 from probes.synthetic import make_multilabel_features
 
-PROV = {"backbone": {"name": "dinov3-vitb16", "source": "transformers"}, "resolution": 512,
-        "dataset": {"spec": "chexpert:/data/chexpert"}}
+# Display names come from the caller (embedkit's application layer); probes never parse model or dataset names.
+INFO = {"dataset": "chexpert", "adapter": "chexpert", "initialization": "dinov3", "backbone": "vitb",
+        "image_size": 512}
+
+
+def _split(groups, seed):
+    """A patient-level split made by hand (probes receive splits; embedkit.data.splits makes them)."""
+    uniq, codes = np.unique(groups, return_inverse=True)
+    which = np.random.default_rng(seed).choice(np.array(["train", "train", "train", "train", "train", "train",
+                                                         "train", "val", "test", "test"]), size=uniq.size)
+    return which[codes]
 
 
 @pytest.fixture(scope="module")
@@ -23,42 +31,41 @@ def arrays():
     x, y = make_multilabel_features(1200, 32, 3, rank=6, signal=2.0, seed=1)
     ids = np.array([f"id{i:05d}" for i in range(1200)])[::-1].copy()  # store order != sorted order
     groups = np.repeat(np.arange(600), 2).astype(str)
-    split = patient_split(1200, groups=groups, seed=0)
+    split = _split(groups, 0)
     return x, y, ids, groups, split
 
 
-def _run(tmp_path, arrays, name, *, head="sklearn", noise=0.0, n_boot=100, boot_seed=0, split=None):
-    x, y, ids, groups, s0 = arrays
+def _run(tmp_path, arrays, name, *, head="sklearn", noise=0.0, n_boot=100, boot_seed=0, split=None, y=None,
+         kind=None):
+    x, y0, ids, groups, s0 = arrays
+    y = y0 if y is None else y
     split = s0 if split is None else split
     xx = x + noise * np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
     rows = canonical_test_rows(ids, split)
     plan, path = plan_for_test_set(tmp_path / ".embedkit-bootstrap", ids[rows], n_boot=n_boot, seed=boot_seed)
     res = run_probe(xx, y, split=split, ids=ids, head=head, label_names=["a", "b", "c"], groups=groups, plan=plan)
     meta = {"head": head, "features": "cls", "store": {"path": "x", "fingerprint": "f" * 64},
-            "provenance": describe_provenance(PROV)}
+            "provenance": INFO, **({"kind": kind} if kind else {})}
     write_run(tmp_path / name, res, ids=ids, split=split, y=y, meta=meta, plan=plan, plan_path=path)
     return res
-
-
-def test_describe_provenance_maps_to_reference_schema():
-    assert describe_provenance(PROV) == {"dataset": "chexpert", "initialization": "dinov3", "backbone": "vitb",
-                                         "image_size": 512, "backbone_name": "dinov3-vitb16"}
-    conv = describe_provenance({"backbone": {"name": "dinov3-convnext-base"}, "resolution": 224})
-    assert (conv["initialization"], conv["backbone"]) == ("dinov3", "convnext")
-    assert describe_provenance({"backbone": {"name": "dinov2-vits14"}})["backbone"] == "vits"
 
 
 def test_run_files_and_schema(tmp_path, arrays):
     res = _run(tmp_path, arrays, "run")
     d = tmp_path / "run"
     assert {p.name for p in d.iterdir()} == {"metrics.json", "per_label.csv", "predictions.csv", "head.safetensors",
-                                             "roc.png", "bootstrap.npz"}
+                                             "roc.png", "bootstrap.npz", "test_labels.csv"}
     m = json.loads((d / "metrics.json").read_text())
     assert m["mean_auroc"]["ci_low"] < m["mean_auroc"]["value"] < m["mean_auroc"]["ci_high"]
     assert m["pairing"]["test_ids_sha256"] and m["chosen"]["C"] > 0
     rows = list(csv.DictReader(open(d / "per_label.csv")))
     assert tuple(rows[0]) == PER_LABEL_COLUMNS and [r["label"] for r in rows] == ["a", "b", "c", "macro_avg"]
     assert rows[0]["initialization"] == "dinov3" and 50 < float(rows[-1]["AUROC_mean"]) <= 100
+    # Point estimates and bootstrap means are separate, documented columns.
+    assert float(rows[-1]["AUROC_point"]) == pytest.approx(100 * m["test"]["means"]["auroc"]["value"], abs=1e-3)
+    assert float(rows[-1]["AUROC_mean"]) == pytest.approx(100 * m["test"]["means"]["auroc"]["boot_mean"], abs=1e-3)
+    assert "bootstrap" in m["columns"]["per_label.csv"]["AUROC_mean"]
+    assert "point estimate" in m["columns"]["per_label.csv"]["AUROC_point"]
     # Test rows are evaluated in id order: predictions line up with the store's ids and splits.
     x, y, ids, _, split = arrays
     assert np.array_equal(ids[res.test_rows], np.sort(ids[split == "test"]))
@@ -87,6 +94,41 @@ def test_compare_pairs_runs_and_refuses_other_test_sets(tmp_path, arrays):
         compare_runs([load_run(tmp_path / "good"), load_run(tmp_path / "otherboot")])
     # Another test set -> refused.
     x, y, ids, groups, _ = arrays
-    _run(tmp_path, arrays, "othersplit", split=patient_split(1200, groups=groups, seed=5))
+    _run(tmp_path, arrays, "othersplit", split=_split(groups, 5))
     with pytest.raises(PairingError, match="different test sets"):
         compare_runs([load_run(tmp_path / "good"), load_run(tmp_path / "othersplit")])
+
+
+def test_compare_refuses_same_ids_with_other_labels_naming_the_first_difference(tmp_path, arrays):
+    x, y, ids, groups, split = arrays
+    _run(tmp_path, arrays, "good")
+    flipped = y.copy()
+    row = canonical_test_rows(ids, split)[3]
+    flipped[row, 1] = 1.0 - flipped[row, 1] if not np.isnan(flipped[row, 1]) else 1.0
+    _run(tmp_path, arrays, "relabelled", y=flipped)
+    with pytest.raises(PairingError, match=f"different test labels: label 'b' of test id '{ids[row]}'"):
+        compare_runs([load_run(tmp_path / "good"), load_run(tmp_path / "relabelled")])
+
+
+def test_reference_is_matched_by_resolved_path_and_leaf_names_get_parents(tmp_path, arrays):
+    _run(tmp_path / "runA", arrays, "frac1-seed0")
+    _run(tmp_path / "runB", arrays, "frac1-seed0", noise=3.0)
+    a, b = tmp_path / "runA" / "frac1-seed0", tmp_path / "runB" / "frac1-seed0"
+    other_spelling = tmp_path / "runB" / ".." / "runA" / "frac1-seed0"
+    result = compare_runs([load_run(a), load_run(b)], reference=load_run(other_spelling))
+    assert [r["run"] for r in result["runs"]] == ["runA/frac1-seed0", "runB/frac1-seed0"]
+    assert result["reference"] == "runA/frac1-seed0"
+    assert [r["is_reference"] for r in result["runs"]] == [True, False]
+    assert result["runs"][1]["delta"] < 0 and all(r["run"] != result["reference"] for r in result["per_label"])
+    assert display_names([a, b, tmp_path / "x"])[2] == "x"
+
+
+def test_runs_of_another_kind_compare_and_json_is_strict(tmp_path, arrays):
+    _run(tmp_path, arrays, "probe")
+    _run(tmp_path, arrays, "ft", kind="finetune", noise=1.0)
+    m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert m["schema"] == "embedkit.finetune/1" and m["kind"] == "finetune"
+    result = compare_runs([load_run(tmp_path / "probe"), load_run(tmp_path / "ft")])
+    assert result["runs"][1]["kind"] == "finetune" and result["runs"][1]["p_two_sided"] is not None
+    assert to_json({"a": float("nan"), "b": [np.float32(np.inf)], "c": np.int64(2)}, indent=None) == \
+        '{"a": null, "b": [null], "c": 2}'

@@ -12,32 +12,51 @@ from embedkit.cli.main import app
 from probes.synthetic import make_multilabel_features
 
 LABELS = ["Atelectasis", "Effusion", "Nodule"]
+N = 600
+SPLIT = np.array(["train"] * 360 + ["val"] * 120 + ["test"] * 120)
 
 
 def _provenance(name: str, resolution: int, dim: int) -> dict:
+    # What 'embedkit extract' writes into provenance['dataset'] for an adapter source.
     return {"backbone": {"name": name, "source": "transformers", "id": f"facebook/{name}", "sha256": "0" * 64},
             "resolution": resolution, "preprocess": {"preset": "model"},
             "views": {"cls": {"dim": dim}, "mean_patch": {"dim": dim}}, "dtype": "float32",
-            "precision": "fp32", "dataset": {"spec": "nih:/data/nih", "n_rows": 600}, "embedkit_version": "0.1.0"}
+            "precision": "fp32", "dataset": {"data": "nih:/data/nih", "source": "/data/nih", "adapter": "nih",
+                                             "n_rows": N}, "embedkit_version": "0.1.0"}
 
 
-def _make_store(path, *, name="dinov3-vitb16", resolution=512, noise=0.0, split=True, seed=0):
+def _make_store(path, *, name="dinov3-vitb16", resolution=512, noise=0.0, split=SPLIT, seed=0, patients=True,
+                studies=None, y=None, filled=N, dataset_column=None):
     from stores import EmbeddingStore
 
-    n, d = 600, 16
-    x, y = make_multilabel_features(n, 2 * d, len(LABELS), rank=6, signal=2.5, seed=0, missing=0.02)
+    d = 16
+    x, y0 = make_multilabel_features(N, 2 * d, len(LABELS), rank=6, signal=2.5, seed=0, missing=0.02)
+    y = y0 if y is None else y
     x = x + noise * np.random.default_rng(seed).normal(size=x.shape).astype(np.float32)
-    ids = [f"img{i:04d}" for i in range(n)]
-    patients = [f"p{i // 2:04d}" for i in range(n)]
-    sp = np.array(["train"] * 360 + ["val"] * 120 + ["test"] * 120) if split else None
+    ids = [f"img{i:04d}" for i in range(N)]
+    meta = {}
+    if patients:
+        meta["patient_id"] = [f"p{i // 2:04d}" for i in range(N)]
+    if studies is not None:
+        meta["study_id"] = list(studies)
+    if dataset_column is not None:
+        meta["dataset"] = [dataset_column] * N
     st = EmbeddingStore.create(path, ids=ids, views={"cls": d, "mean_patch": d},
                                provenance=_provenance(name, resolution, d), labels=y, label_names=LABELS,
-                               split=None if sp is None else list(sp), metadata={"patient_id": patients},
-                               dtype="float32")
-    st.write_rows(0, {"cls": x[:, :d], "mean_patch": x[:, d:]})
-    st.finalize()
+                               split=None if split is None else list(split), metadata=meta or None,
+                               dtype="float32", rows_per_shard=100, rows_per_chunk=100)
+    st.write_rows(0, {"cls": x[:filled, :d], "mean_patch": x[:filled, d:]})
+    if filled == N:
+        st.finalize()
     st.close()
     return path
+
+
+def _flipped_labels():
+    _, y = make_multilabel_features(N, 32, len(LABELS), rank=6, signal=2.5, seed=0, missing=0.02)
+    y = y.copy()
+    y[505, 1] = 0.0 if y[505, 1] == 1.0 else 1.0  # a test row (img0505)
+    return y
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +64,19 @@ def stores_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     return {"a": _make_store(root / "a.zarr"),
             "b": _make_store(root / "b.zarr", name="dinov2-vitb14", resolution=224, noise=2.0, seed=1),
-            "nosplit": _make_store(root / "c.zarr", split=False)}
+            "relabel": _make_store(root / "relabel.zarr", y=_flipped_labels()),
+            "nosplit": _make_store(root / "c.zarr", split=None)}
 
 
 def _invoke(*args):
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return r
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _one_error_line(r) -> str:
+    """The one 'error:' line of a refused command (progress lines may come before it)."""
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and r.output.rstrip().endswith(errors[0]), r.output
+    return errors[0]
 
 
 def test_probe_writes_all_files_with_the_right_schema(tmp_path, stores_dir):
@@ -59,24 +85,32 @@ def test_probe_writes_all_files_with_the_right_schema(tmp_path, stores_dir):
                 "--n-boot", 50)
     assert r.exit_code == 0, r.output
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "per_label.csv", "predictions.csv", "head.safetensors",
-                                               "roc.png", "bootstrap.npz"}
+                                               "roc.png", "bootstrap.npz", "test_labels.csv"}
     m = json.loads((out / "metrics.json").read_text())
     assert m["head"] == "sklearn" and m["features"] == "cls+mean_patch" and m["labels"] == LABELS
     assert m["store"]["fingerprint"] and m["provenance"]["initialization"] == "dinov3"
     assert m["provenance"]["backbone"] == "vitb" and m["provenance"]["image_size"] == 512
+    # Run identity from the store's provenance (it used to say 'unknown' for what extract writes).
+    assert m["provenance"]["dataset"] == "nih" and m["provenance"]["adapter"] == "nih"
     assert m["n"] == {"train": 360, "val": 120, "test": 120} and m["split"]["source"] == "store"
+    assert m["split"]["unit"] == "patient" and m["split"]["leakage"]["checked"] == ["patient_id"]
     assert m["mean_auroc"]["value"] > 0.7 and m["test"]["bootstrap"]["n_boot"] == 50
+    # Patients are resampled by default when the store has patient ids.
+    assert m["bootstrap"]["unit"] == "patients" and m["bootstrap"]["n_groups"] == 60
     assert set(m["thresholds"]) == set(LABELS) and "fit_s" in m["timings"]
+    assert "point estimate" in m["columns"]["per_label.csv"]["AUROC_point"]
     rows = list(csv.DictReader(open(out / "per_label.csv")))
     assert list(rows[0]) == ["dataset", "initialization", "backbone", "image_size", "label", "AUROC_mean",
-                             "AUROC_ci_low", "AUROC_ci_high", "mAP_mean", "mAP_ci_low", "mAP_ci_high"]
+                             "AUROC_ci_low", "AUROC_ci_high", "mAP_mean", "mAP_ci_low", "mAP_ci_high",
+                             "AUROC_point", "mAP_point"]
     assert rows[-1]["label"] == "macro_avg" and rows[0]["dataset"] == "nih"
     preds = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(preds) == 600 and list(preds[0]) == ["id", "split", *LABELS]
     assert (tmp_path / "runs" / ".embedkit-bootstrap").is_dir()
     assert "mean" in r.output and "Atelectasis" in r.output
+    assert "split: store; unit patient" in r.output and "resamples of test patients" in r.output
     again = _invoke("probe", stores_dir["a"], "--out", out, "--head", "sklearn")
-    assert again.exit_code == 2 and "already holds a finished run" in again.output
+    assert "already holds a probe run" in _one_error_line(again)
 
 
 def test_probe_json_label_subset_and_made_split(tmp_path, stores_dir):
@@ -84,8 +118,64 @@ def test_probe_json_label_subset_and_made_split(tmp_path, stores_dir):
                 "--n-boot", 20, "--bootstrap", "patients", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["labels"] == ["Effusion"] and doc["split"]["source"].startswith("made: patient-level")
+    assert doc["labels"] == ["Effusion"] and doc["split"]["source"].startswith("made: patient_split over patient")
+    assert doc["split"]["unit"] == "patient" and doc["split"]["leakage"]["ok"]
     assert doc["bootstrap"]["grouping"] == "patients" and doc["chosen"]["k"] in (10, 20, 100, 200)
+
+
+def test_store_without_patient_ids_is_not_split_unless_the_unit_is_accepted(tmp_path):
+    store = _make_store(tmp_path / "np.zarr", split=None, patients=False)
+    refused = _invoke("probe", store, "--out", tmp_path / "r", "--head", "knn", "--n-boot", 20)
+    line = _one_error_line(refused)
+    assert "no patient id for 600 of 600 rows" in line and "--split-unit image" in line
+    assert not (tmp_path / "r").exists()
+    ok = _invoke("probe", store, "--out", tmp_path / "r", "--head", "knn", "--n-boot", 20, "--split-unit", "image")
+    assert ok.exit_code == 0, ok.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["split"]["unit"] == "image" and m["split"]["source"].startswith("made: patient_split over image units")
+    assert m["split"]["leakage"]["checked"] == [] and m["bootstrap"]["unit"] == "images"
+    assert "unit image" in ok.output and "resamples of test images" in ok.output
+    bad = _invoke("probe", store, "--out", tmp_path / "r2", "--bootstrap", "patients", "--split-unit", "image")
+    assert "patient_id" in _one_error_line(bad)
+
+
+def test_val_is_carved_by_units_that_join_patients_sharing_a_study(tmp_path):
+    # Two patients share one study (the real PadChest quirk): they move together, so no study leaks into val.
+    studies = [f"s{i // 2:04d}" for i in range(N)]
+    studies[3] = "s0000"  # patient p0001 (rows 2, 3) shares study s0000 with patient p0000
+    split = np.where(SPLIT == "val", "train", SPLIT)
+    store = _make_store(tmp_path / "noval.zarr", split=split, studies=studies)
+    r = _invoke("probe", store, "--out", tmp_path / "r", "--head", "knn", "--n-boot", 20, "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["split"]["source"].startswith("store; val carved from 10% of the training patient units")
+    assert m["split"]["leakage"]["ok"] and m["split"]["leakage"]["checked"] == ["patient_id", "study_id"]
+    assert m["n"]["val"] > 0 and m["n"]["train"] + m["n"]["val"] == 480
+    preds = list(csv.DictReader(open(tmp_path / "r" / "predictions.csv")))
+    assert len({p["split"] for p in preds[:4]}) == 1  # rows 0-3: patients p0000 and p0001, joined by s0000
+
+
+def test_a_store_split_that_leaks_a_study_is_refused_unless_allowed(tmp_path):
+    studies = [f"s{i // 2:04d}" for i in range(N)]
+    studies[600 - 1] = "s0000"  # a test row shares a study with training rows
+    store = _make_store(tmp_path / "leak.zarr", studies=studies)
+    line = _one_error_line(_invoke("probe", store, "--out", tmp_path / "r", "--head", "knn"))
+    assert "1 study(s)" in line and "more than one split" in line and "--allow-leak" in line
+    ok = _invoke("probe", store, "--out", tmp_path / "r", "--head", "knn", "--n-boot", 20, "--allow-leak", "--json")
+    assert ok.exit_code == 0, ok.output
+    m = json.loads(ok.stdout)
+    assert m["split"]["allow_leak"] and m["split"]["leakage"]["leaks"]["study_id"] == 1
+
+
+def test_a_store_still_being_filled_is_refused_unless_partial_is_allowed(tmp_path):
+    store = _make_store(tmp_path / "part.zarr", filled=500)
+    line = _one_error_line(_invoke("probe", store, "--out", tmp_path / "r", "--head", "knn"))
+    assert "100 of 600 rows not extracted yet" in line and "--allow-partial" in line
+    ok = _invoke("probe", store, "--out", tmp_path / "r", "--head", "knn", "--n-boot", 20, "--allow-partial")
+    assert ok.exit_code == 0, ok.output
+    assert "100 of 600 rows are not extracted yet; left out" in ok.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["split"]["n_not_extracted"] == 100 and m["split"]["allow_partial"] and m["n"]["test"] == 20
 
 
 def test_probe_fractions_and_seeds_make_sub_runs_and_resume(tmp_path, stores_dir):
@@ -106,7 +196,7 @@ def test_probe_fractions_and_seeds_make_sub_runs_and_resume(tmp_path, stores_dir
 
 def test_compare_with_reference_and_refusal_of_other_test_sets(tmp_path, stores_dir):
     runs = tmp_path / "runs"
-    for key in ("a", "b"):
+    for key in ("a", "b", "relabel"):
         r = _invoke("probe", stores_dir[key], "--out", runs / key, "--head", "sklearn", "--n-boot", 100)
         assert r.exit_code == 0, r.output
     cmp_dir = tmp_path / "cmp"
@@ -115,22 +205,45 @@ def test_compare_with_reference_and_refusal_of_other_test_sets(tmp_path, stores_
     res = json.loads(r.stdout)
     assert res["reference"] == "a" and len(res["runs"]) == 2
     b = [row for row in res["runs"] if row["run"] == "b"][0]
-    assert b["initialization"] == "dinov2" and b["image_size"] == 224
+    assert b["initialization"] == "dinov2" and b["image_size"] == 224 and b["features"] == "cls"
     assert b["delta"] < 0 and b["p_run_le_ref"] > 0.9
     assert {p.name for p in cmp_dir.iterdir()} == {"compare.json", "compare.csv", "per_label_deltas.csv",
                                                    "forest.png"}
     table = _invoke("compare", runs / "a", runs / "b")
-    assert table.exit_code == 0 and "reference" in table.output
+    assert table.exit_code == 0 and "reference" in table.output and "features" in table.output
+    # Same test ids, one test label differs: refused, naming the id and label.
+    line = _one_error_line(_invoke("compare", runs / "a", runs / "relabel"))
+    assert "different test labels" in line and "label 'Effusion' of test id 'img0505'" in line
     r = _invoke("probe", stores_dir["nosplit"], "--out", runs / "c", "--head", "sklearn", "--n-boot", 100)
     assert r.exit_code == 0, r.output
-    bad = _invoke("compare", runs / "a", runs / "c")
-    assert bad.exit_code == 2 and "different test sets" in bad.output
+    line = _one_error_line(_invoke("compare", runs / "a", runs / "c"))
+    assert "different test sets" in line and "test row" in line
+
+
+def test_compare_reference_by_resolved_path_and_repeated_leaf_names(tmp_path, stores_dir, monkeypatch):
+    for parent, key in (("runA", "a"), ("runB", "b")):
+        r = _invoke("probe", stores_dir[key], "--out", tmp_path / parent / "frac1-seed0", "--head", "sklearn",
+                    "--n-boot", 50, "--boot-dir", tmp_path / "plans")
+        assert r.exit_code == 0, r.output
+    monkeypatch.chdir(tmp_path)
+    # The reference spelled another way is the same run: it must not be compared with itself.
+    r = _invoke("compare", "runA/frac1-seed0", "runB/frac1-seed0", "--reference", "./runB/../runA/frac1-seed0/",
+                "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert [row["run"] for row in res["runs"]] == ["runA/frac1-seed0", "runB/frac1-seed0"]
+    assert [row["is_reference"] for row in res["runs"]] == [True, False] and res["reference"] == "runA/frac1-seed0"
+    assert res["runs"][1]["delta"] < 0
 
 
 def test_probe_rejects_bad_options(tmp_path, stores_dir):
     r = _invoke("probe", stores_dir["a"], "--out", tmp_path / "x", "--features", "nope")
-    assert r.exit_code == 2 and "features" in r.output
+    assert "features" in _one_error_line(r)
     r = _invoke("probe", stores_dir["a"], "--out", tmp_path / "x", "--label-fraction", "0")
-    assert r.exit_code == 2 and "label-fraction" in r.output
+    assert "label-fraction" in _one_error_line(r)
     r = _invoke("probe", stores_dir["a"], "--out", tmp_path / "x", "--head", "svm")
-    assert r.exit_code == 2 and "head" in r.output
+    assert "head" in _one_error_line(r)
+    r = _invoke("probe", stores_dir["a"], "--out", tmp_path / "x", "--bootstrap", "studies")
+    assert "bootstrap" in _one_error_line(r)
+    r = _invoke("probe", stores_dir["a"], "--out", tmp_path / "x", "--split-unit", "ward")
+    assert "split-unit" in _one_error_line(r)

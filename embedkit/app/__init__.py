@@ -1,0 +1,10 @@
+"""The application layer: one module per command's work, each returning Python objects.
+
+``embedkit/cli/*`` parses options, calls these functions and prints; :mod:`embedkit.api` exposes them to notebooks.
+This is where embedkit's knowledge (stores, splits, backbone and dataset names) meets ``probes`` and ``stores``,
+which know nothing of embedkit. For example:
+
+- :mod:`embedkit.app.probe` -- ``probe`` (with :mod:`embedkit.app.probe_data`: split, rows left out, bootstrap unit).
+- :mod:`embedkit.app.compare` -- ``compare``: paired comparison of finished runs of any kind.
+- :mod:`embedkit.app.identity` -- the display names of a run (dataset, adapter, backbone) from store provenance.
+"""
