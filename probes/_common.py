@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 
 import numpy as np
 
@@ -84,17 +86,127 @@ def positive_weights(y: np.ndarray) -> np.ndarray:
     return pw.astype(np.float32)
 
 
-def resolve_device(device: str):
-    """``"auto"`` -> cuda when available else cpu; ``"cuda"`` without CUDA raises ProbeError."""
+#: CUDA_VISIBLE_DEVICES values that hide every GPU on purpose (Slurm writes ``NoDevFiles`` on GPU-less steps).
+_NO_GPU_VALUES = ("", "-1", "none", "nodevfiles", "void")
+
+
+def diagnose_cuda(*, count: int, compiled: bool, init_error: str | None, driver_loaded: bool,
+                  visible: str | None) -> str | None:
+    """Why CUDA looks present but is unusable, or None (usable, or absent on purpose).
+
+    Parameters
+    ----------
+    count : int
+        CUDA devices torch can use.
+    compiled : bool
+        Whether this torch build has CUDA (``torch.version.cuda is not None``).
+    init_error : str or None
+        What torch said while initialising CUDA (a driver too old for the runtime, say).
+    driver_loaded : bool
+        Whether an NVIDIA kernel driver is loaded (``/proc/driver/nvidia/version`` exists).
+    visible : str or None
+        ``CUDA_VISIBLE_DEVICES`` (None when unset).
+
+    Returns
+    -------
+    str or None
+        One clause naming the problem.
+
+    Examples
+    --------
+    >>> diagnose_cuda(count=0, compiled=True, init_error=None, driver_loaded=False, visible="0")
+    "CUDA_VISIBLE_DEVICES='0' names a GPU but torch sees none"
+    """
+    if count > 0:
+        return None
+    if init_error:
+        return f"torch could not initialise CUDA: {init_error}"
+    if driver_loaded:
+        if not compiled:
+            return "an NVIDIA driver is loaded but this torch is a CPU-only build"
+        return "an NVIDIA driver is loaded but torch sees no CUDA device (driver/runtime mismatch?)"
+    if visible is not None and visible.strip().lower() not in _NO_GPU_VALUES:
+        return f"CUDA_VISIBLE_DEVICES={visible!r} names a GPU but torch sees none"
+    return None
+
+
+def cuda_status() -> tuple[int, str | None]:
+    """(usable CUDA devices, why CUDA is present but unusable or None), for this process.
+
+    torch reports a broken driver only as a warning during its first CUDA query (then caches the zero count), so the
+    warning is captured here; a loaded kernel driver and ``CUDA_VISIBLE_DEVICES`` are the other two witnesses.
+    """
     import torch
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ProbeError("device 'cuda' was asked for but CUDA is not available. Use --device cpu or auto.")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ProbeError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}.")
-    return torch.device(device)
+    init_error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/AssertionError by build
+            count, init_error = 0, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if init_error is None:
+        said = [str(w.message).strip() for w in caught if "CUDA" in str(w.message)]
+        init_error = said[0].splitlines()[0] if said else None
+    return count, diagnose_cuda(count=count, compiled=torch.version.cuda is not None, init_error=init_error,
+                                driver_loaded=os.path.exists("/proc/driver/nvidia/version"),
+                                visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def resolve_device(device="auto"):
+    """The one device rule of the three packages (embedkit's resolver calls this one).
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` (CUDA when usable, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns
+    -------
+    torch.device
+        ``cuda`` without an index for ``auto``/``cuda`` (the caller picks the index, e.g. per rank).
+
+    Raises
+    ------
+    ProbeError
+        An unknown name, or CUDA asked for where torch cannot use it (the message says why).
+
+    Notes
+    -----
+    ``auto`` with CUDA present but unusable (see :func:`cuda_status`) logs a warning and returns the CPU: a silent
+    fallback would turn a GPU job into a CPU job that runs 100x longer.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    import torch
+
+    name = str(device).strip().lower()
+    if name == "auto":
+        count, problem = cuda_status()
+        if count:
+            return torch.device("cuda")
+        if problem:
+            logger.warning("--device auto: CUDA is unusable (%s); running on the CPU. Fix CUDA, or pass --device cpu "
+                           "to choose the CPU explicitly.", problem)
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ProbeError(f"The 'device' parameter must be 'auto', 'cpu', 'cuda' or 'cuda:N'. Got {device!r}.")
+    if dev.type == "cuda":
+        count, problem = cuda_status()
+        if count == 0:
+            raise ProbeError(f"Device {name!r} was asked for but CUDA is not available "
+                             f"({problem or 'torch sees no CUDA device'}); use --device cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise ProbeError(f"Device {name!r} was asked for but only {count} CUDA device(s) are visible "
+                             f"(cuda:0..cuda:{count - 1}).")
+    return dev
 
 
 def select_best(val_scores: np.ndarray) -> int:

@@ -8,7 +8,7 @@ Importing this package is cheap: torch, transformers and timm are imported when 
 """
 from __future__ import annotations
 
-from embedkit.backbones.base import Backbone, resolve_device, resolve_precision
+from embedkit.backbones.base import Backbone, resolve_precision
 from embedkit.backbones.load import load_backbone
 from embedkit.backbones.resolve import Location, resolve_backbone
 from embedkit.backbones.spec import (
@@ -26,6 +26,6 @@ from embedkit.backbones.views import CONVNEXT_VIEW_PATTERNS, VIT_VIEW_PATTERNS
 
 __all__ = [
     "Backbone", "BackboneSpec", "Location", "load_backbone", "resolve_backbone", "register_backbone",
-    "list_backbones", "get_spec", "find_spec", "resolve_device", "resolve_precision", "IMAGENET_MEAN",
+    "list_backbones", "get_spec", "find_spec", "resolve_precision", "IMAGENET_MEAN",
     "IMAGENET_STD", "HALF_MEAN", "HALF_STD", "VIT_VIEW_PATTERNS", "CONVNEXT_VIEW_PATTERNS",
 ]

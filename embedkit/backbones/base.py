@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from embedkit.backbones.precision import apply_precision
 from embedkit.backbones.spec import BackboneSpec
 from embedkit.backbones.views import ViewPlan
 from embedkit.errors import ModelError
@@ -16,7 +17,10 @@ logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "bf16-weights"]
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-weights")
-PRECISION_LABELS = {"fp32": "fp32", "bf16": "bf16-autocast", "bf16-weights": "bf16-weights+autocast"}
+#: Provenance labels. ``bf16-weights`` keeps norms, LayerScale and the residual stream in fp32 (the label says so,
+#: so a store written by the former all-bf16 mode is not resumed with different features).
+PRECISION_LABELS = {"fp32": "fp32", "bf16": "bf16-autocast",
+                    "bf16-weights": "bf16-matmul-weights+fp32-norms+autocast"}
 
 
 @runtime_checkable
@@ -36,24 +40,9 @@ class Backbone(Protocol):
     def provenance(self) -> dict[str, Any]: ...  # noqa: D102
 
 
-def resolve_device(device: "str | torch.device") -> "torch.device":
-    """``auto`` -> CUDA when available else CPU; asking for an absent CUDA device is an error."""
-    import torch
-
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"The 'device' parameter of load_backbone must be 'auto', 'cpu' or 'cuda[:N]'. "
-                         f"Got {device!r}.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("Device 'cuda' was requested but CUDA is not available; use --device cpu or auto.")
-    return dev
-
-
 def resolve_precision(precision: str, device: "torch.device") -> str:
-    """``auto`` -> bf16 autocast on CUDA, fp32 elsewhere; fp16 is refused (DINOv3 overflows in fp16)."""
+    """``auto`` -> ``bf16-weights`` on CUDA (see :mod:`embedkit.backbones.precision`), fp32 elsewhere; fp16 is
+    refused (DINOv3 overflows in fp16)."""
     p = str(precision).lower()
     if p in ("fp16", "float16", "half"):
         raise ModelError("Precision 'fp16' is refused: DINOv3 is not fp16-safe (activations overflow). "
@@ -62,7 +51,7 @@ def resolve_precision(precision: str, device: "torch.device") -> str:
         raise ModelError(f"The 'precision' parameter of load_backbone must be one of {', '.join(PRECISIONS)}. "
                          f"Got {precision!r}.")
     if p == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16-weights" if device.type == "cuda" else "fp32"
     if p.startswith("bf16") and device.type == "cpu":
         logger.warning("bf16 on CPU is 5-10x slower than fp32 on CPUs without bf16 units")
     return p
@@ -99,6 +88,9 @@ class TorchBackbone:
     """
 
     channels_last = False
+    #: Whether a side that is not a multiple of the patch size is accepted, its last ``side % patch`` pixels
+    #: (right and bottom) never entering a patch. True where the study ran it that way (HF DINOv2 at 512).
+    ignores_partial_patches = False
 
     def __init__(self, spec: BackboneSpec, module, plan: ViewPlan, *, device, precision: str, origin: dict):
         import torch
@@ -109,8 +101,8 @@ class TorchBackbone:
         self.precision = precision
         self.origin = origin
         module.eval().requires_grad_(False)
-        if precision == "bf16-weights":
-            module.to(dtype=torch.bfloat16)
+        # Cast before the move, so that the device never holds the fp32 copy (a no-op for meta-built modules).
+        apply_precision(module, precision)
         module.to(device)
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
@@ -156,18 +148,20 @@ class TorchBackbone:
         Raises
         ------
         ModelError
-            Wrong shape, or a side not divisible by the patch size (ViTs).
+            Wrong shape, or a side not divisible by the patch size (ViTs that do not ignore partial patches;
+            see :meth:`input_geometry`).
         """
         import torch
 
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ModelError(f"Backbone.embed expects pixels of shape (B, 3, R, R). Got {tuple(pixels.shape)}.")
-        if self.spec.family == "vit" and (pixels.shape[2] % self.spec.patch_size or
-                                          pixels.shape[3] % self.spec.patch_size):
+        if (self.spec.family == "vit" and not self.ignores_partial_patches
+                and (pixels.shape[2] % self.spec.patch_size or pixels.shape[3] % self.spec.patch_size)):
             raise ModelError(f"Image size {tuple(pixels.shape[2:])} is not a multiple of the patch size "
                              f"{self.spec.patch_size} of {self.spec.name!r}; pick a resolution divisible by it.")
         x = pixels.to(self.device, non_blocking=True)
-        x = x.to(torch.bfloat16 if self.precision == "bf16-weights" else torch.float32)
+        # fp32 in: autocast casts at each matmul, and the residual stream starts (and stays) fp32.
+        x = x.to(torch.float32)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
@@ -216,9 +210,43 @@ class TorchBackbone:
         return {k[1]: v for k, v in self._captured.items() if k[0] == "stage"}
 
     # -- provenance --------------------------------------------------------------------------------------------
-    def provenance(self) -> dict[str, Any]:
-        """The backbone block of a store's provenance document."""
+    def input_geometry(self, resolution: int) -> dict[str, Any]:
+        """How an R×R input maps onto the patch grid (ViTs), for provenance.
+
+        Parameters
+        ----------
+        resolution : int
+            Input side R.
+
+        Returns
+        -------
+        dict
+            ``resolution``, ``patch_size``, ``grid`` ([R // p, R // p]), ``used_pixels`` ((R // p) * p) and
+            ``ignored_pixels`` (R % p: right columns and bottom rows that no patch covers); ``{}`` for ConvNeXts.
+
+        Examples
+        --------
+        DINOv2 (p = 14) at 512: grid 36×36, the last 8 columns and rows ignored (512 = 36 * 14 + 8).
+        """
+        if self.spec.family != "vit":
+            return {}
+        r, p = int(resolution), int(self.spec.patch_size)
+        return {"resolution": r, "patch_size": p, "grid": [r // p, r // p], "used_pixels": (r // p) * p,
+                "ignored_pixels": r % p,
+                "rule": ("the stride-p patch convolution covers pixels 0..used_pixels-1 of each side; the last "
+                         "ignored_pixels columns (right) and rows (bottom) never enter a patch; position "
+                         "embeddings are interpolated (bicubic) to the grid") if r % p else "exact tiling"}
+
+    def provenance(self, resolution: int | None = None) -> dict[str, Any]:
+        """The backbone block of a store's provenance document.
+
+        Parameters
+        ----------
+        resolution : int, optional
+            Input side R; adds ``input_geometry`` (see :meth:`input_geometry`) for ViTs.
+        """
         s = self.spec
+        extra = {"input_geometry": self.input_geometry(resolution)} if resolution and s.family == "vit" else {}
         return {
             "name": s.name, "source": s.source, "id": self.origin.get("id"), "path": self.origin.get("path"),
             "sha256": self.origin.get("sha256"), "files": self.origin.get("files", {}),
@@ -228,6 +256,7 @@ class TorchBackbone:
             "loader": self.origin.get("loader"), "library_version": self.origin.get("library_version"),
             "views": {name: {"dim": dim, "definition": self.plan.definitions[name]}
                       for name, dim in self.plan.dims.items()},
+            **extra,
         }
 
     def __repr__(self) -> str:

@@ -56,6 +56,33 @@ def read_state_dict(path: str | Path) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
+def count_params(files) -> int | None:
+    """Values stored in checkpoint files, read from their headers (safetensors) or mmap'd (``.pth``), so that a
+    7B model is counted without being loaded; None when there is no file or one cannot be read.
+
+    Parameters
+    ----------
+    files : sequence of path
+    """
+    import math
+
+    from safetensors import safe_open
+
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        try:
+            if str(f).endswith(".safetensors"):
+                with safe_open(str(f), framework="pt") as fh:
+                    total += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+            else:
+                total += sum(v.numel() for v in read_state_dict(f).values())
+        except Exception:  # noqa: BLE001 - SafetensorError, ModelError, OSError: unknown size, no refusal
+            return None
+    return total
+
+
 @dataclass(frozen=True)
 class Dinov3Arch:
     """Architecture of an original-format DINOv3 ViT checkpoint, read from its tensor shapes."""

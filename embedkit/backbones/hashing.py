@@ -60,7 +60,7 @@ def file_sha256(path: str | Path) -> str:
     for side in sidecars:
         try:
             side.parent.mkdir(parents=True, exist_ok=True)
-            side.write_text(json.dumps(doc))
+            side.write_text(json.dumps(doc, allow_nan=False))
             break
         except OSError:
             continue

@@ -30,6 +30,10 @@ class HFViTBackbone(TorchBackbone):
         else:
             self._blocks, self._norm = module.encoder.layer, module.layernorm
         self._extra = {"interpolate_pos_encoding": True} if mtype == "vit" else {}
+        # HF Dinov2(WithRegisters)Model, as the reference study ran it at 512 and 1024 (patch 14): the stride-14
+        # patch convolution floors the grid (512 -> 36x36) and silently drops the last 512 - 36*14 = 8 columns and
+        # rows; position embeddings are interpolated to the grid. Allowed, and recorded via input_geometry().
+        self.ignores_partial_patches = mtype in ("dinov2", "dinov2_with_registers")
         plan = plan_vit_views(views, dim=spec.embed_dim, depth=len(self._blocks), num_registers=spec.num_registers)
         super().__init__(spec, module, plan, **kw)
         self._capture_cls(self._blocks, plan.blocks)
@@ -114,6 +118,11 @@ def load_hf(spec: BackboneSpec, loc: Location, *, device, precision: str, views,
         weights = [f for f in files if f.name != "config.json" and not f.name.endswith(".index.json")]
     else:
         weights = _weight_files(Path(loc.ref))
+    if precision == "bf16-weights":
+        # Loaded in bf16 to keep host memory at 2 bytes/parameter; norms and LayerScale come back exact in fp32.
+        from embedkit.backbones.precision import restore_fp32
+
+        restore_fp32(module, weights)
     digest, per_file = files_sha256(weights) if weights else (None, {})
     origin = {"id": spec.hub_id, "path": path, "sha256": digest, "files": per_file,
               "loader": f"transformers.{type(module).__name__}", "library_version": transformers.__version__}

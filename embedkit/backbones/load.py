@@ -4,14 +4,16 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from embedkit.backbones.base import Backbone, resolve_device, resolve_precision
-from embedkit.backbones.resolve import resolve_backbone
+from embedkit.backbones.base import Backbone, resolve_precision
+from embedkit.backbones.checkpoint import count_params
+from embedkit.backbones.resolve import resolve_backbone, weight_files
 from embedkit.backbones.spec import get_factory
+from embedkit.devices import check_cpu_fallback, resolve_device
 
 
 def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "auto",
                   features: Sequence[str] | None = None, allow_download: bool = False,
-                  weights: str | os.PathLike | None = None) -> Backbone:
+                  weights: str | os.PathLike | None = None, local_rank: int = 0) -> Backbone:
     """Load a frozen backbone ready to ``embed`` pixels.
 
     Parameters
@@ -22,10 +24,13 @@ def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "a
         preferred; ``.pt``/``.pth`` read with ``weights_only=True``; original Meta DINOv3 ``.pth`` releases
         included), or ``MODEL@FILE``.
     device : str or torch.device
-        ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``.
+        ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (see :func:`embedkit.devices.resolve_device`; ``auto`` with CUDA
+        present but unusable warns, and refuses models over 1B parameters).
     precision : {"auto", "fp32", "bf16", "bf16-weights"}
-        ``auto``: bf16 autocast on CUDA, fp32 on CPU. ``bf16``: autocast with fp32 weights. ``bf16-weights``: weights
-        stored in bf16 too (halves memory: the 7B needs 13.4 GB instead of 26.9 GB). fp16 is refused.
+        ``auto``: ``bf16-weights`` on CUDA, fp32 on CPU. ``bf16``: autocast with fp32 weights. ``bf16-weights``:
+        Linear/conv weights stored in bf16 under bf16 autocast, norms, LayerScale and the residual stream in fp32
+        (halves memory: the 7B needs 13.4 GB instead of 26.9 GB); see :mod:`embedkit.backbones.precision`. fp16 is
+        refused.
     features : sequence of str, optional
         Views to compute (default: the spec's ``default_views``); see :mod:`embedkit.backbones.views`.
     allow_download : bool
@@ -33,6 +38,8 @@ def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "a
         loaded with ``local_files_only=True``.
     weights : str or PathLike, optional
         A checkpoint file holding the weights for ``model`` (same as ``MODEL@FILE``).
+    local_rank : int
+        Rank on this node: ``cuda``/``auto`` use visible GPU ``local_rank mod count``.
 
     Returns
     -------
@@ -53,9 +60,10 @@ def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "a
     >>> bb.embed(pixels)["mean_tokens"].shape  # doctest: +SKIP
     torch.Size([32, 768])
     """
-    dev = resolve_device(device)
+    dev = resolve_device(device, local_rank=local_rank)
     prec = resolve_precision(precision, dev)
     spec, loc = resolve_backbone(model, weights=weights, allow_download=allow_download)
+    check_cpu_fallback(device, dev, lambda: count_params(weight_files(loc)), model=spec.name)
     views = tuple(features) if features else None
     factory = get_factory(spec.name)
     if factory is not None:

@@ -103,6 +103,24 @@ def cached_hub_files(repo: str, *, need_config: bool = True) -> list[Path] | Non
     return None
 
 
+def weight_files(loc: Location) -> list[Path]:
+    """The local weight files of a resolved location (empty when they are not on disk yet).
+
+    Examples
+    --------
+    >>> weight_files(Location(kind="file", ref="/m/dinov3_vit7b16.pth"))
+    [PosixPath('/m/dinov3_vit7b16.pth')]
+    """
+    if loc.weights_file or loc.kind == "file":
+        return [Path(loc.weights_file or loc.ref)]
+    if loc.kind == "dir":
+        folder = Path(loc.ref)
+        return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if loc.kind == "hub":
+        return [f for f in cached_hub_files(loc.ref) or [] if f.suffix in (".safetensors", ".bin")]
+    return [f for f in cached_hub_files(f"timm/{loc.ref}", need_config=False) or [] if f.suffix == ".safetensors"]
+
+
 def weights_missing(spec: BackboneSpec, repo: str, files: tuple[str, ...], *, why: str) -> WeightsNotFoundError:
     """The one-line error naming the files expected and how to get them (gated DINOv3 steps included)."""
     want = " + ".join(files)

@@ -84,20 +84,67 @@ def _is_vit(module) -> bool:
     return hasattr(module, "blocks") and hasattr(module, "num_prefix_tokens")
 
 
-def _create(arch: str, sd: dict, *, pretrained_cfg: dict | None = None, **kwargs):
-    import timm
-
-    overlay = dict(state_dict=sd, file=None, url=None, hf_hub_id=None, custom_load=False, source="")
+def _kwargs(arch: str, kwargs: dict) -> dict:
+    kwargs = dict(kwargs)
     if arch.split(".")[0].startswith(("vit_", "eva", "test_vit")) or "dinov3" in arch:
         kwargs.setdefault("dynamic_img_size", True)
     if "dinov3" in arch:
         kwargs.setdefault("global_pool", "token")  # timm's Eva default is 'avg'; upstream DINOv3 pools the CLS
+    return kwargs
+
+
+def _create(arch: str, sd: dict, *, precision: str, device, pretrained_cfg: dict | None = None, **kwargs):
+    """Build ``arch`` on the meta device and load ``sd`` (consumed: emptied) straight into the storage dtype on
+    ``device``.
+
+    timm's own path (``pretrained=True``) would first materialise a randomly initialised fp32 model on the host and
+    then copy the fp32 state dict into it: twice the fp32 size (>= 54 GB for the 7B). Here the architecture costs
+    nothing, the checkpoint filter of the model's module (DINOv3 key mapping, position-embedding resampling) runs on
+    the state dict exactly as timm would run it, and each tensor is cast and moved once. Models whose computed
+    buffers cannot be rebuilt after a meta build fall back to timm's path.
+    """
+    import sys
+
+    import timm
+    import torch
+
+    from embedkit.backbones.precision import NeedsMaterialisedBuild, load_into_meta, meta_buffer_owners
+
+    kwargs = _kwargs(arch, kwargs)
+    try:
+        with torch.device("meta"):
+            module = timm.create_model(arch, pretrained=False, num_classes=0, pretrained_cfg=pretrained_cfg,
+                                       **kwargs)
+        meta_buffer_owners(module)
+        filter_fn = getattr(sys.modules[type(module).__module__], "checkpoint_filter_fn", None)
+        filtered = dict(filter_fn(sd, module) if filter_fn is not None else sd)  # a filter may return sd itself
+        # The filtered dict now holds the only references, so each source tensor is freed once converted.
+        sd.clear()
+        head = (getattr(module, "pretrained_cfg", None) or {}).get("classifier") or "head"
+        heads = tuple(h + "." for h in ((head,) if isinstance(head, str) else head))
+        return load_into_meta(module, filtered, precision=precision, device=device, drop_prefixes=heads)
+    except NeedsMaterialisedBuild as why:
+        logger.info("%s: %s cannot be rebuilt after a meta-device build; loading through timm", arch, why)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"timm could not build {arch!r} from the given weights: {_first(exc)}") from exc
+    return _create_materialised(arch, sd, pretrained_cfg=pretrained_cfg, **kwargs)
+
+
+def _create_materialised(arch: str, sd: dict, *, pretrained_cfg: dict | None = None, **kwargs):
+    """timm's own path: a random fp32 model on the host, then the (filtered) state dict copied into it."""
+    import timm
+
+    overlay = dict(state_dict=sd, file=None, url=None, hf_hub_id=None, custom_load=False, source="")
     try:
         return timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg=pretrained_cfg,
-                                 pretrained_cfg_overlay=overlay, **kwargs)
+                                 pretrained_cfg_overlay=overlay, **_kwargs(arch, kwargs))
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"timm could not build {arch!r} from the given weights: {first}") from exc
+        raise ModelError(f"timm could not build {arch!r} from the given weights: {_first(exc)}") from exc
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, views, allow_download: bool):
@@ -121,7 +168,7 @@ def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, view
                 from huggingface_hub import hf_hub_download
 
                 files = [Path(hf_hub_download(repo, "model.safetensors"))]
-        module = _create(arch, read_state_dict(files[-1]))
+        module = _create(arch, read_state_dict(files[-1]), precision=precision, device=device)
         ident, path = arch, (str(files[-1]) if loc.weights_file else None)
     elif loc.kind == "dir":
         folder = Path(loc.ref)
@@ -133,7 +180,8 @@ def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, view
         model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
         pretrained_cfg = dict(config.get("pretrained_cfg", {}))
         pretrained_cfg.setdefault("architecture", arch)
-        module = _create(arch, read_state_dict(files[0]), pretrained_cfg=pretrained_cfg, **model_args)
+        module = _create(arch, read_state_dict(files[0]), precision=precision, device=device,
+                         pretrained_cfg=pretrained_cfg, **model_args)
         ident, path = None, str(folder)
     else:  # an original-format DINOv3 checkpoint (ViT, or ConvNeXt in Meta's classic layout)
         from embedkit.backbones.checkpoint import is_original_dinov3, is_original_dinov3_convnext
@@ -149,7 +197,8 @@ def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, view
             raise ModelError(f"'{files[0]}' is not an original-format DINOv3 checkpoint (ViT or ConvNeXt); for a "
                              "transformers model pass its save_pretrained folder (config.json + model.safetensors) "
                              "instead.")
-        module = _create(arch, sd, **model_args)
+        module = _create(arch, sd, precision=precision, device=device, **model_args)
+        del sd
         ident, path = None, str(files[0])
     patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
     check_spec(spec, embed_dim=int(module.num_features), num_registers=_registers(module),

@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 
 from embedkit.cli._common import bad_parameter, print_json
+from embedkit.data.adapters import adapter_names  # the registry only: no pandas
 
-_DATA_HELP = "Manifest CSV, ADAPTER:ROOT (nih, chexpert, mimic, padchest, vindr, vindr-pcxr) or an image cache (.zarr)."
+_DATA_HELP = f"Manifest CSV, ADAPTER:ROOT ({adapter_names()}) or an image cache (.zarr)."
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: automatic)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | bf16-weights (7B: weights in bf16 too)."),
+        precision: str = typer.Option("auto", "--precision", help="auto (bf16-weights on CUDA, fp32 on CPU) | fp32 | bf16 (autocast) | bf16-weights (matmul weights bf16, norms and residual fp32)."),
         dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 | float32."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
         labels: str = typer.Option("full", "--labels", help="full | paper | comma-separated label names."),

@@ -35,6 +35,9 @@ class EmbedMapper:
         self.cuda = device.type == "cuda"
         self.outputs = {name: ((int(dim),), np.float32) for name, dim in backbone.views.items()}
         if self.cuda:
+            # The rank's own GPU becomes the current device: events and library defaults ("cuda") follow it.
+            if device.index is not None:
+                torch.cuda.set_device(device)
             self._init_device_norm()
 
     def _init_device_norm(self) -> None:
@@ -80,7 +83,7 @@ class EmbedMapper:
             buf.copy_(v.detach().float(), non_blocking=True)
             host[k] = buf
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return host, event
 
     def result(self, handle: Any) -> dict[str, np.ndarray]:
