@@ -11,6 +11,18 @@ functions (:mod:`embedkit.app`), returning :class:`~embedkit.app.probe.ProbeResu
 
 >>> res = ek.probe("runs/nih_b16.zarr", "runs/nih_b16-linear", features="cls")  # doctest: +SKIP
 >>> ek.compare(["runs/nih_b16-linear", "runs/nih_b16-mlp"]).runs              # doctest: +SKIP
+
+``index``, ``search``, ``search_eval`` (:mod:`embedkit.app.retrieval`) and ``info``, ``models``, ``manifest``,
+``phantoms`` (:mod:`embedkit.app.catalog`) return frozen dataclasses whose ``to_dict()`` is the command's ``--json``:
+
+>>> ek.index("runs/nih_b16.zarr").info["factory"]                              # doctest: +SKIP
+>>> ek.search("runs/nih_b16.zarr", query_id="00000001_000.png", k=5).results   # doctest: +SKIP
+
+``predict`` (:mod:`embedkit.app.predict`) applies a probe run's head to another store or to new images (external
+validation); ``study`` (:mod:`embedkit.app.study`) runs a TOML-described grid and writes results.csv + report.md:
+
+>>> ek.predict("runs/nih_b16-linear", "runs/chexpert_b16.zarr", "runs/nih-on-chexpert").metrics  # doctest: +SKIP
+>>> ek.study("study.toml", "study-out").report                                                 # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -18,15 +30,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from embedkit.app.catalog import build_manifest as manifest
+from embedkit.app.catalog import list_models as models
+from embedkit.app.catalog import store_info as info
+from embedkit.app.catalog import write_phantoms as phantoms
 from embedkit.app.compare import compare
+from embedkit.app.predict import predict
 from embedkit.app.probe import probe
+from embedkit.app.retrieval import build_store_index as index
+from embedkit.app.retrieval import search, search_eval
+from embedkit.app.study import study
 from embedkit.errors import ExtractionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from stores import EmbeddingStore
     from stores.image_cache import ImageCache
 
-__all__ = ["extract", "cache_images", "probe", "compare", "finetune"]
+__all__ = ["extract", "cache_images", "probe", "compare", "finetune", "index", "search", "search_eval", "info", "models",
+           "manifest", "phantoms", "predict", "study"]
 
 
 def extract(

@@ -4,7 +4,7 @@ A protocol is what ``embedkit probe --protocol NAME`` starts from; explicit opti
 overrides are recorded. Every field goes into metrics.json (``ProbeProtocol.params()``), so two runs share a
 protocol exactly when those dicts are equal.
 
-``paper`` — the reference study's frozen-feature protocol (paper-protocol.md §2, §5, §9):
+``paper`` — the reference study's frozen-feature protocol (arXiv 2510.07191, github.com/tayebiarasteh/vit-med):
 
 - preprocessing: the ``paper`` preset (bit-exact reference steps; ``embedkit.data.presets``);
 - features: ``mean_tokens``, ``last_hidden_state.mean(1)`` over CLS + registers + patches of the last layer;

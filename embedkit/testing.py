@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
 from embedkit.errors import ModelError
 
 TinyKind = Literal["dinov3-vit", "dinov3-vit-7b-style", "dinov3-convnext", "dinov2", "dinov2-reg", "convnext",
@@ -14,8 +15,6 @@ TinyKind = Literal["dinov3-vit", "dinov3-vit-7b-style", "dinov3-convnext", "dino
                    "original-dinov3-7b-style-pth", "original-dinov3-convnext-pth"]
 TINY_KINDS: tuple[str, ...] = TinyKind.__args__  # type: ignore[attr-defined]
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 

@@ -1,14 +1,18 @@
-"""One place that maps a head name to its class: ``linear``, ``mlp``, ``knn``, ``sklearn``."""
+"""The probe-head registry: one :class:`HeadSpec` per head (``linear``, ``mlp``, ``knn``, ``sklearn``).
+
+Adding a head is one ``register_head`` call here; :func:`make_probe`, option checks, help texts and the tests that
+fit every head on a tiny problem all read the registry.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from probes.errors import ProbeError
-
-HeadKind = Literal["linear", "mlp", "knn", "sklearn"]
-HEADS = ("linear", "mlp", "knn", "sklearn")
 
 
 class Probe(Protocol):
@@ -29,13 +33,117 @@ class Probe(Protocol):
 
 #: Options of a gradient-trained head's loop (``probe --lr/--batch-size/--epochs`` and protocol recipes).
 TRAINING_OPTIONS = ("lr", "batch_size", "epochs", "drop_last", "select")
-#: What the heads without a training loop accept (besides ``seed``/``device``).
-_OPTIONS = {
-    "knn": ("ks", "temperature", "query_batch"),
-    "sklearn": ("Cs", "max_iter", "pos_weight", "n_jobs"),
-}
-_WHY = {"knn": "it has no training loop (it stores the training rows and votes)",
-        "sklearn": "scikit-learn's LogisticRegression solver (lbfgs) trains on all rows at once, to convergence"}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One probe head: what ``make_probe(name)`` builds, what it accepts, and the line help texts show.
+
+    Attributes
+    ----------
+    name : str
+        The ``--head`` value.
+    module, cls : str
+        Where the class lives (imported on first use: torch and scikit-learn stay unloaded until needed).
+    description : str
+        One line for help texts.
+    options : tuple of str or None
+        The options it accepts besides ``seed``/``device``; None: the fields of its config dataclass ``config``
+        (checked by the class itself).
+    config : str or None
+        Name of the config dataclass in ``module`` (gradient-trained heads).
+    devices : tuple of str
+        Devices it runs on.
+    shorthands : tuple of str
+        Short options the class maps onto config fields (``lr`` -> ``lrs``, ``epochs`` -> ``max_epochs``).
+    why_no_training : str
+        For a head without a training loop: why ``lr``/``epochs``/... do not apply (said when one is passed).
+    """
+
+    name: str
+    module: str
+    cls: str
+    description: str
+    options: tuple[str, ...] | None = None
+    config: str | None = None
+    devices: tuple[str, ...] = ("cpu",)
+    shorthands: tuple[str, ...] = ()
+    why_no_training: str = ""
+
+    def load(self) -> type:
+        """The head's class."""
+        return getattr(importlib.import_module(self.module), self.cls)
+
+    def accepted_options(self) -> tuple[str, ...]:
+        """Every option name ``make_probe`` takes for this head (besides ``seed``/``device``)."""
+        if self.options is not None:
+            return self.options
+        cfg = getattr(importlib.import_module(self.module), self.config)
+        names = [f.name for f in dataclasses.fields(cfg) if f.name not in ("seed", "device")]
+        return tuple(names + [t for t in self.shorthands if t not in names])
+
+
+_REGISTRY: dict[str, HeadSpec] = {}
+
+
+def register_head(spec: HeadSpec) -> HeadSpec:
+    """Add a head to the registry (its name must be new); returns ``spec``."""
+    if spec.name in _REGISTRY:
+        raise ProbeError(f"A head named {spec.name!r} is already registered.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_heads() -> list[HeadSpec]:
+    """The registered heads, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def head_spec(name: str) -> HeadSpec:
+    """The spec of head ``name``.
+
+    Raises
+    ------
+    ProbeError
+        Unknown head (the message lists the registered ones).
+    """
+    if name not in _REGISTRY:
+        raise ProbeError(f"Unknown head {name!r}. Choose one of {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def head_help() -> str:
+    """``name: description`` of every registered head, for ``--head`` help texts.
+
+    Examples
+    --------
+    >>> head_help().split(";")[0]
+    'linear: a grid of linear heads (learning rates x weight decays) trained together, best on validation'
+    """
+    return "; ".join(f"{h.name}: {h.description}" for h in _REGISTRY.values())
+
+
+register_head(HeadSpec(
+    name="linear", module="probes.linear", cls="LinearGridProbe", config="LinearGridConfig", devices=("cpu", "cuda"),
+    shorthands=("lr", "epochs"),
+    description="a grid of linear heads (learning rates x weight decays) trained together, best on validation"))
+register_head(HeadSpec(
+    name="mlp", module="probes.mlp", cls="MLPProbe", config="MLPConfig", devices=("cpu", "cuda"),
+    shorthands=("lr", "epochs"),
+    description="a one-hidden-layer MLP (the reference study's recipe options), best epoch on validation"))
+register_head(HeadSpec(
+    name="knn", module="probes.knn", cls="KNNProbe", options=("ks", "temperature", "query_batch"),
+    description="temperature-weighted cosine k-NN votes (T = 0.07), k chosen on validation",
+    why_no_training="it has no training loop (it stores the training rows and votes)"))
+register_head(HeadSpec(
+    name="sklearn", module="probes.logistic", cls="LogisticSweepProbe",
+    options=("Cs", "max_iter", "pos_weight", "n_jobs"),
+    description="scikit-learn LogisticRegression per label over a C sweep (float32 reference, small stores only)",
+    why_no_training="scikit-learn's LogisticRegression solver (lbfgs) trains on all rows at once, to convergence"))
+
+#: The names of the heads registered above (``list_heads()`` also sees heads registered later).
+HEADS = tuple(_REGISTRY)
+HeadKind = Literal["linear", "mlp", "knn", "sklearn"]
 
 
 def check_options(kind: str, options: dict[str, Any]) -> None:
@@ -52,13 +160,14 @@ def check_options(kind: str, options: dict[str, Any]) -> None:
     ProbeError
         ``The 'lr' option does not apply to the knn head: it has no training loop (...). Options of knn: ...``
     """
-    accepted = _OPTIONS.get(kind)
-    if accepted is None:
-        return  # linear and mlp check their own options (their config dataclasses)
+    spec = head_spec(kind)
+    if spec.options is None:
+        return  # gradient-trained heads check their own options (their config dataclasses)
+    accepted = spec.options
     for name in options:
         if name in accepted:
             continue
-        why = f": {_WHY[kind]}" if name in TRAINING_OPTIONS else ""
+        why = f": {spec.why_no_training}" if name in TRAINING_OPTIONS and spec.why_no_training else ""
         raise ProbeError(f"The {name!r} option does not apply to the {kind} head{why}. "
                          f"Options of {kind}: {', '.join(accepted)}.")
 
@@ -68,7 +177,8 @@ def make_probe(kind: str, *, seed: int = 0, device: str = "cpu", **options: Any)
 
     Parameters
     ----------
-    kind : {"linear", "mlp", "knn", "sklearn"}
+    kind : str
+        A registered head (:func:`list_heads`): ``linear``, ``mlp``, ``knn``, ``sklearn``.
     seed : int
     device : str
         ``"cpu"``, ``"cuda"`` (linear and mlp; knn and sklearn run on CPU).
@@ -87,21 +197,6 @@ def make_probe(kind: str, *, seed: int = 0, device: str = "cpu", **options: Any)
     >>> make_probe("mlp", lr=1e-5, batch_size=30, epochs=100, drop_last=True, select="val_loss").kind
     'mlp'
     """
-    if kind not in HEADS:
-        raise ProbeError(f"Unknown head {kind!r}. Choose one of {', '.join(HEADS)}.")
+    spec = head_spec(kind)
     check_options(kind, options)
-    if kind == "linear":
-        from probes.linear import LinearGridProbe
-
-        return LinearGridProbe(seed=seed, device=device, **options)
-    if kind == "mlp":
-        from probes.mlp import MLPProbe
-
-        return MLPProbe(seed=seed, device=device, **options)
-    if kind == "knn":
-        from probes.knn import KNNProbe
-
-        return KNNProbe(seed=seed, **options)
-    from probes.logistic import LogisticSweepProbe
-
-    return LogisticSweepProbe(seed=seed, **options)
+    return spec.load()(seed=seed, device=device, **options)

@@ -1,13 +1,13 @@
 """Cosine k-NN with temperature-weighted votes (DINO's protocol, T = 0.07), multi-label, k chosen on validation.
 
-Train features are L2-normalised into a faiss ``IndexFlatIP`` (exact). Each query's ``max(ks)`` neighbours are
-found once; for every k the score of label c is the vote ``sum_j exp(s_j / T) y_jc / sum_j exp(s_j / T)`` over the
-neighbours whose label c is known — a probability in [0, 1]. Queries go to faiss in batches of at least 256: below
-faiss's BLAS threshold a flat search falls back to a much slower scan.
+Train features are L2-normalised once and searched exactly with :func:`probes.retrieval.exact_neighbors` (the one
+exact search of ``probes``). Each query's ``max(ks)`` neighbours are found once; for every k the score of label c is
+the vote ``sum_j exp(s_j / T) y_jc / sum_j exp(s_j / T)`` over the neighbours whose label c is known — a probability
+in [0, 1].
 
-Memory: faiss works in float32, so float16 features are converted, normalised and added to the index one bounded
-block at a time, and queries are normalised and voted per batch. The flat index itself holds a float32 copy of the
-training rows (N_train x D x 4 bytes) — the price of an exact search; nothing else scales with N x D.
+Memory: the head holds a float32 unit-norm copy of the training rows (N_train x D x 4 bytes) — the price of an exact
+search; queries are converted and voted one batch at a time and the similarity block stays within 256 MiB, so
+nothing else scales with N x D.
 """
 from __future__ import annotations
 
@@ -19,18 +19,11 @@ from probes._common import check_xy, rows_per_chunk, select_best
 from probes.errors import ProbeError
 from probes.heads import check_options
 from probes.metrics import auroc, mean_over_labels
+from probes.retrieval import exact_neighbors, unit_rows
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (10, 20, 100, 200)
-
-
-def _normalise(x) -> np.ndarray:
-    """(B, D) float32 rows of unit L2 norm (a fresh array; the input, float16 included, is left alone)."""
-    x = np.array(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x /= np.maximum(norms, 1e-12)
-    return x
 
 
 class KNNProbe:
@@ -42,7 +35,7 @@ class KNNProbe:
         Candidate neighbourhood sizes (clipped to the number of training rows).
     temperature : float
     query_batch : int
-        Queries per faiss call (>= 256).
+        Queries searched and voted at once (>= 256).
     """
 
     kind = "knn"
@@ -56,14 +49,9 @@ class KNNProbe:
 
     def fit(self, x_train, y_train, x_val, y_val) -> KNNProbe:
         """Index ``x_train (N, D)`` with labels ``y_train (N, K)``; choose k on ``(x_val, y_val)``."""
-        import faiss
-
         x_train, y_train = check_xy(x_train, y_train, name="train")
         x_val, y_val = check_xy(x_val, y_val, name="val")
-        self.index_ = faiss.IndexFlatIP(x_train.shape[1])
-        step = rows_per_chunk(x_train.shape[1])
-        for i in range(0, x_train.shape[0], step):
-            self.index_.add(_normalise(x_train[i : i + step]))
+        self.gallery_ = unit_rows(x_train)
         self.y_train_ = np.asarray(y_train, dtype=np.float32)
         kmax = min(max(self.ks), x_train.shape[0])
         ks = sorted({min(k, kmax) for k in self.ks})
@@ -82,14 +70,8 @@ class KNNProbe:
         return self
 
     def _search(self, x, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) similarities and neighbour rows; queries are normalised one batch at a time."""
-        q = x.shape[0]
-        sims = np.empty((q, k), dtype=np.float32)
-        nbrs = np.empty((q, k), dtype=np.int64)
-        for i in range(0, q, self.query_batch):
-            sims[i : i + self.query_batch], nbrs[i : i + self.query_batch] = self.index_.search(
-                _normalise(x[i : i + self.query_batch]), k)
-        return sims, nbrs
+        """(Q, k) cosine similarities and neighbour rows (best first) of the queries ``x (Q, D)``."""
+        return exact_neighbors(x, self.gallery_, k, normalized=True)
 
     def _vote_batched(self, sims: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
         # The gathered labels are (Q, k, K): vote in row blocks so they stay bounded whatever Q is.

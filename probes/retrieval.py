@@ -5,6 +5,7 @@ unknown. A query counts for label ``j`` only when its own label is known and pos
 unknown or that is missing (index -1) counts as a non-match, so precision is never inflated by unknowns.
 
 The neighbour lists come from anywhere (a faiss index, :func:`exact_neighbors`); this module imports no store.
+:func:`exact_neighbors` is the package's one exact search (the k-NN head uses it too).
 """
 from __future__ import annotations
 
@@ -15,26 +16,42 @@ import numpy as np
 from probes.errors import ProbeError
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x) -> np.ndarray:
+    """(B, D) float32 rows of unit L2 norm, a fresh array (the input, float16 or a zarr array, is left alone).
+
+    A zero row stays zero.
+    """
     x = np.array(x, dtype=np.float32, copy=True)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 0)
     return x
 
 
-def exact_neighbors(queries: np.ndarray, gallery: np.ndarray, k: int, *, metric: str = "cosine",
+#: Bytes of the (queries x gallery) similarity block :func:`exact_neighbors` holds at once.
+_BLOCK_BYTES = 256 << 20
+
+
+def exact_neighbors(queries, gallery, k: int, *, metric: str = "cosine",
                     query_groups: np.ndarray | None = None, gallery_groups: np.ndarray | None = None,
-                    block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                    block: int | None = None, normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` gallery rows per query, optionally never pairing rows of the same group (patient).
+
+    The one exact nearest-neighbour search of ``probes``: the k-NN head (:class:`probes.knn.KNNProbe`) and the
+    reference of retrieval checks both call it. Queries are converted (float32, unit norm for cosine) one block at
+    a time, so only the gallery and one (block, G) similarity matrix are held.
 
     Parameters
     ----------
-    queries : ndarray (Q, D)
-    gallery : ndarray (G, D)
+    queries : array-like (Q, D)
+    gallery : array-like (G, D)
     k : int
     metric : {"cosine", "l2"}
     query_groups, gallery_groups : ndarray (Q,), (G,), optional
         Group labels (patient ids); a gallery row with the query's group is excluded. Give both or neither.
+    block : int, optional
+        Queries per block (default: as many as keep the similarity block within 256 MiB).
+    normalized : bool
+        Cosine only: ``gallery`` is already float32 with unit rows (:func:`unit_rows`) and is used without a copy.
 
     Returns
     -------
@@ -42,19 +59,32 @@ def exact_neighbors(queries: np.ndarray, gallery: np.ndarray, k: int, *, metric:
         Cosine similarity (descending) or squared L2 distance (ascending); NaN where fewer than ``k`` remain.
     neighbors : ndarray (Q, k) int64
         Gallery positions; -1 where fewer than ``k`` remain.
+
+    Examples
+    --------
+    >>> g = np.eye(3, dtype=np.float32)
+    >>> exact_neighbors(g[:1], g, 2)[1].tolist()
+    [[0, 1]]
     """
     if metric not in ("cosine", "l2"):
         raise ProbeError(f"The 'metric' parameter of exact_neighbors must be 'cosine' or 'l2'. Got {metric!r}.")
     if (query_groups is None) != (gallery_groups is None):
         raise ProbeError("exact_neighbors needs both query_groups and gallery_groups, or neither.")
-    g = _unit(gallery) if metric == "cosine" else np.asarray(gallery, dtype=np.float32)
-    q_all = _unit(queries) if metric == "cosine" else np.asarray(queries, dtype=np.float32)
+    if k < 1:
+        raise ProbeError(f"The 'k' parameter of exact_neighbors must be an int >= 1. Got {k!r}.")
+    if metric == "cosine":
+        g = gallery if normalized else unit_rows(gallery)
+    else:
+        g = np.asarray(gallery, dtype=np.float32)
+    n_q = len(queries)
+    if block is None:
+        block = max(1, _BLOCK_BYTES // (4 * max(1, g.shape[0])))
     kk = min(k, g.shape[0])
-    g_sq = (g * g).sum(1)
-    out_s = np.full((q_all.shape[0], k), np.nan, np.float32)
-    out_i = np.full((q_all.shape[0], k), -1, np.int64)
-    for s in range(0, q_all.shape[0], block):
-        q = q_all[s:s + block]
+    g_sq = (g * g).sum(1) if metric == "l2" else None
+    out_s = np.full((n_q, k), np.nan, np.float32)
+    out_i = np.full((n_q, k), -1, np.int64)
+    for s in range(0, n_q, block):
+        q = unit_rows(queries[s:s + block]) if metric == "cosine" else np.asarray(queries[s:s + block], np.float32)
         sim = q @ g.T  # "higher is better" in both metrics
         if metric == "l2":
             sim = 2 * sim - g_sq[None, :] - (q * q).sum(1)[:, None]

@@ -6,9 +6,9 @@ from pathlib import Path
 import typer
 
 from embedkit.cli._common import check_out, out_console, print_json
+from embedkit.data.adapters import adapter_names  # the registry only: no pandas
 
-_DATA_HELP = ("ADAPTER:ROOT (nih, chexpert, mimic, padchest, vindr, vindr-pcxr, dicom), e.g. "
-              "chexpert:/data/CheXpert-v1.0-small, or a manifest CSV.")
+_DATA_HELP = (f"ADAPTER:ROOT ({adapter_names()}), e.g. chexpert:/data/CheXpert-v1.0-small, or a manifest CSV.")
 
 
 def register(app: typer.Typer) -> None:
@@ -37,13 +37,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a manifest CSV (never opens images) and print rows, patients, missing files, label prevalence."""
         check_out(out, noun="manifest CSV", is_ours=_is_manifest_csv, overwrite=overwrite)
-        from embedkit.data.manifest import load_manifest
+        from embedkit.app.catalog import build_manifest
 
         options = {k: v for k, v in (("readers", readers), ("label_source", label_source)) if v is not None}
-        m = load_manifest(data, labels=labels, uncertain=uncertain, blank=blank, views=views, split=split,
-                          strict=strict, allow_leak=allow_leak, adapter_options=options, unknown_view=unknown_view)
-        written = m.write_csv(out)
-        summary = {"out": str(written), **m.summary(), "spec": m.spec()}
+        summary = build_manifest(data, out, labels=labels, uncertain=uncertain, blank=blank, views=views,
+                                 split=split, strict=strict, allow_leak=allow_leak, adapter_options=options,
+                                 unknown_view=unknown_view).to_dict()
         if as_json:
             print_json(summary)
         else:

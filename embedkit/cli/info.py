@@ -1,11 +1,12 @@
-"""``embedkit info STORE``: what a store holds, where it came from, how complete it is."""
+"""``embedkit info STORE``: what a store holds, where it came from, how complete it is (parse, call
+:func:`embedkit.app.catalog.store_info`, print)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
 
-from embedkit.cli._common import out_console, print_json
+from embedkit.cli._common import dumps_strict, out_console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -18,12 +19,9 @@ def register(app: typer.Typer) -> None:
         verify: bool = typer.Option(False, "--verify", help="Also check shapes, ledger vs filled and fingerprint."),
     ) -> None:
         """Show rows, completion, views, labels per split, provenance, fingerprint and size of a store."""
-        from stores import EmbeddingStore
+        from embedkit.app.catalog import store_info
 
-        st = EmbeddingStore.open(store)
-        doc = st.summary()
-        if verify:
-            doc["verify"] = st.verify()
+        doc = store_info(store, verify=verify).to_dict()
         if json_out:
             print_json(doc)
         else:
@@ -33,8 +31,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _render(doc: dict) -> None:
-    import json
-
     from rich.table import Table
 
     console = out_console()
@@ -74,10 +70,15 @@ def _render(doc: dict) -> None:
             table.add_row(name, *(f"{doc['positives'][g][name]:,}" for g in groups))
         console.print(table)
     console.print("[bold]provenance[/bold]")
-    console.print_json(json.dumps(doc["provenance"]))
+    console.print_json(dumps_strict(doc["provenance"]))
     if "verify" in doc:
         ver = doc["verify"]
         console.print("verify: " + ("ok" if ver["ok"] else "PROBLEMS: " + "; ".join(ver["problems"])))
+        if ver.get("marked_pending"):
+            console.print(f"units {ver['marked_pending']} are marked pending: re-run the extract command that "
+                          "wrote this store to rewrite exactly them.")
+        elif ver.get("requeue_error"):
+            console.print(f"could not mark the damaged units pending: {ver['requeue_error']}")
 
 
 def _human(n: int) -> str:

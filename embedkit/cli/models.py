@@ -18,23 +18,13 @@ def register(app: typer.Typer) -> None:
         Never touches the network: presence is looked up in the local Hugging Face cache. Any hub id,
         'timm:NAME', a save_pretrained folder or a checkpoint file also works as --model.
         """
-        from embedkit.backbones import list_backbones
-        from embedkit.backbones.resolve import cached_hub_files
+        from embedkit.app.catalog import list_models, models_document
 
-        rows = []
-        for spec in list_backbones():
-            repo = spec.weights_repo
-            files = cached_hub_files(repo, need_config=spec.source == "transformers") if repo else None
-            rows.append({
-                "name": spec.name, "source": spec.source, "id": spec.hub_id, "family": spec.family,
-                "embed_dim": spec.embed_dim, "patch_size": spec.patch_size, "num_registers": spec.num_registers,
-                "mean": list(spec.mean), "std": list(spec.std), "license": spec.license, "gated": spec.gated,
-                "default_views": list(spec.default_views), "weights_local": files is not None,
-                "weights_path": str(files[-1].parent) if files else None, "notes": spec.notes,
-            })
+        doc = models_document(list_models())
         if as_json:
-            print_json({"backbones": rows})
+            print_json(doc)
             return
+        rows = doc["backbones"]
         from rich.table import Table
 
         table = Table(title="embedkit backbones (weights: local hub cache, looked up offline)")

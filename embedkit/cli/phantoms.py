@@ -44,11 +44,10 @@ def register(app: typer.Typer) -> None:
             shutil.rmtree(out / "images", ignore_errors=True)
             (out / "manifest.csv").unlink(missing_ok=True)
 
-        from embedkit.data.phantoms import make_phantoms, summarize
+        from embedkit.app.catalog import write_phantoms
 
-        manifest = make_phantoms(out, n=n, size=size, seed=seed, images_per_patient=images_per_patient,
-                                 formats=fmts)
-        summary = summarize(manifest)
+        summary = write_phantoms(out, n=n, size=size, seed=seed, images_per_patient=images_per_patient,
+                                 formats=fmts).to_dict()
         if as_json:
             print_json(summary)
             return

@@ -4,7 +4,8 @@ Each preset is a frozen dataclass whose ``params()`` describe it completely; tha
 cache provenance, so two stores agree on preprocessing exactly when their params are equal. No preset ever
 augments: the same input always gives the same bytes.
 
-``paper`` — the reference study's protocol (paper-protocol.md §2.1; the lab's ``normalizer_resizer``), bit-exact:
+``paper`` — the reference study's protocol (arXiv 2510.07191; ``normalizer_resizer`` of
+github.com/tayebiarasteh/vit-med), bit-exact:
 
 0. read the file as the reference did, with ``decode_raw``: PNG/JPEG as ``cv2.imread`` (``IMREAD_COLOR``) then
    ``BGR2GRAY`` — uint8, and a 16-bit PNG keeps only its high byte (``v >> 8``); DICOM as pydicom's raw
@@ -42,12 +43,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 from embedkit.errors import EmbedkitError
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS = ("model", "paper")
 
 
@@ -94,7 +94,7 @@ class Preset:
                 reader={"raster": "cv2.imread(IMREAD_COLOR)+BGR2GRAY semantics (16-bit PNG -> v>>8)",
                         "dicom": "pydicom pixel_array, raw (no modality LUT, no VOI)"},
                 intensity="minmax->img_as_ubyte(rint(x*255))->invert if MONOCHROME1->equalizeHist(cv2 semantics)",
-                channels=3, scale="1/255", reference="paper-protocol.md §2.1 (chestx normalizer_resizer)",
+                channels=3, scale="1/255", reference="github.com/tayebiarasteh/vit-med (chestx normalizer_resizer)",
             )
         else:
             out.update(intensity="clip[0,1]->rint(x*255)", pad_position="center", channels=3, scale="1/255",

@@ -1,6 +1,8 @@
 """Dataset adapters: turn a public CXR dataset's own files into manifest rows, without opening an image.
 
-An adapter is a module with
+Every adapter is one registered :class:`AdapterSpec` below (name, module, description, aliases); ``--data`` parsing,
+``embedkit manifest --help`` and the tests that build rows from every adapter's fixture read the registry. The
+module implements :class:`Adapter`:
 
 ``build_rows(root: Path, *, blank: str, **options) -> pandas.DataFrame``
     One row per image (per image and reader for ``readers='per-reader'``). Columns: ``id`` (unique), ``path``
@@ -8,13 +10,14 @@ An adapter is a module with
     (the dataset's own view string), ``frontal`` (bool), ``sex`` (M/F/O/''), ``age`` (years, float), ``dataset``,
     ``reader_id``; every other column is a label with float values 1 / 0 / -1 (uncertain) / NaN (unknown), blanks
     already read per ``blank`` ('zeros': not mentioned = negative; 'nan': not mentioned = unknown).
-``BLANK``
+``BLANK`` (optional)
     The adapter's default reading of blank cells (or None where the dataset has no blanks).
-``OPTIONS``
+``OPTIONS`` (optional; without it any keyword is passed through)
     ``{name: allowed values or None}``: adapter-specific options (e.g. VinDr's ``readers``).
-``PAPER_LABELS``
-    ``{output label: (source label, ...)}``: the reference study's label subset (paper-protocol.md §1); several
-    sources are merged (1 if any is 1, else -1 if any is -1, else 0 if any is 0, else unknown).
+``PAPER_LABELS`` (optional)
+    ``{output label: (source label, ...)}``: the label subset of the reference study (Tayebi Arasteh et al.,
+    arXiv 2510.07191, github.com/tayebiarasteh/vit-med); several sources are merged (1 if any is 1, else -1 if any
+    is -1, else 0 if any is 0, else unknown).
 
 Modules are imported lazily, so ``embedkit --help`` never pays for pandas.
 """
@@ -27,25 +30,89 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
 
 from embedkit.errors import DataError
 
-#: adapter name -> module implementing it (imported on first use).
-ADAPTERS: dict[str, str] = {
-    "nih": "embedkit.data.adapters.nih",
-    "chexpert": "embedkit.data.adapters.chexpert",
-    "mimic": "embedkit.data.adapters.mimic",
-    "padchest": "embedkit.data.adapters.padchest",
-    "vindr": "embedkit.data.adapters.vindr",
-    "vindr-pcxr": "embedkit.data.adapters.vindr_pcxr",
-    "dicom": "embedkit.data.adapters.dicom_dir",
-}
 
-#: Other spellings people type.
-ALIASES: dict[str, str] = {
-    "cxr14": "nih", "chestx-ray14": "nih", "chestxray14": "nih", "mimic-cxr": "mimic", "mimic-cxr-jpg": "mimic",
-    "vindr-cxr": "vindr", "pcxr": "vindr-pcxr", "pedi": "vindr-pcxr", "pedicxr": "vindr-pcxr",
-}
+@runtime_checkable
+class Adapter(Protocol):
+    """What an adapter module provides (``BLANK``, ``OPTIONS``, ``PAPER_LABELS`` and ``LABELS`` are optional)."""
+
+    def build_rows(self, root: Path, **options: Any) -> Any:
+        """One manifest row per image under ``root`` (a pandas DataFrame; columns in the module docstring)."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One dataset adapter.
+
+    Attributes
+    ----------
+    name : str
+        The ``ADAPTER`` of ``ADAPTER:ROOT``.
+    module : str
+        The module implementing :class:`Adapter` (imported on first use).
+    description : str
+        One line for help texts.
+    aliases : tuple of str
+        Other spellings people type.
+    """
+
+    name: str
+    module: str
+    description: str
+    aliases: tuple[str, ...] = ()
+
+    def load(self) -> ModuleType:
+        """The adapter module."""
+        return importlib.import_module(self.module)
+
+
+_REGISTRY: dict[str, AdapterSpec] = {}
+#: adapter name -> module implementing it (imported on first use); filled by :func:`register_adapter`.
+ADAPTERS: dict[str, str] = {}
+#: Other spellings people type -> adapter name; filled by :func:`register_adapter`.
+ALIASES: dict[str, str] = {}
+
+
+def register_adapter(spec: AdapterSpec) -> AdapterSpec:
+    """Add a dataset adapter to the registry (name and aliases must be new); returns ``spec``."""
+    taken = [n for n in (spec.name, *spec.aliases) if n in ADAPTERS or n in ALIASES]
+    if taken:
+        raise DataError(f"Adapter name {taken[0]!r} is already registered.")
+    _REGISTRY[spec.name] = spec
+    ADAPTERS[spec.name] = spec.module
+    ALIASES.update({alias: spec.name for alias in spec.aliases})
+    return spec
+
+
+def list_adapters() -> list[AdapterSpec]:
+    """The registered adapters, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def adapter_names() -> str:
+    """``nih, chexpert, ...``: the registered names, for help texts."""
+    return ", ".join(_REGISTRY)
+
+
+register_adapter(AdapterSpec("nih", "embedkit.data.adapters.nih", "NIH ChestX-ray14: Data_Entry_2017*.csv + PNGs",
+                             aliases=("cxr14", "chestx-ray14", "chestxray14")))
+register_adapter(AdapterSpec("chexpert", "embedkit.data.adapters.chexpert",
+                             "CheXpert (v1.0 or -small): train/valid/test CSVs"))
+register_adapter(AdapterSpec("mimic", "embedkit.data.adapters.mimic",
+                             "MIMIC-CXR-JPG: metadata, split and CheXpert/NegBio label CSVs",
+                             aliases=("mimic-cxr", "mimic-cxr-jpg")))
+register_adapter(AdapterSpec("padchest", "embedkit.data.adapters.padchest",
+                             "PadChest: the labels CSV, every report term a label"))
+register_adapter(AdapterSpec("vindr", "embedkit.data.adapters.vindr",
+                             "VinDr-CXR: per-reader image labels (majority, any or per-reader)",
+                             aliases=("vindr-cxr",)))
+register_adapter(AdapterSpec("vindr-pcxr", "embedkit.data.adapters.vindr_pcxr",
+                             "VinDr-PCXR (paediatric): image label CSVs", aliases=("pcxr", "pedi", "pedicxr")))
+register_adapter(AdapterSpec("dicom", "embedkit.data.adapters.dicom_dir",
+                             "any folder of DICOM files, header-only, identifiers pseudonymised, no labels"))
 
 _DATA_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]+):(.*)$", re.S)
 _QUERY_RE = re.compile(r"^[A-Za-z_][\w-]*=[^&=]*(?:&[A-Za-z_][\w-]*=[^&=]*)*$")
@@ -76,7 +143,7 @@ def canonical_name(name: str) -> str:
 
 def get_adapter(name: str) -> ModuleType:
     """Import and return the adapter module for ``name`` (aliases accepted)."""
-    return importlib.import_module(ADAPTERS[canonical_name(name)])
+    return _REGISTRY[canonical_name(name)].load()
 
 
 def parse_data(data: str) -> DataSource:

@@ -27,7 +27,7 @@ OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lun
 LABELS = tuple(snake(x) for x in OBSERVATIONS)
 BLANK = "zeros"
 OPTIONS: dict[str, tuple[str, ...] | None] = {}
-# paper-protocol.md §1.1 (chexpert): 10 labels.
+# The reference study (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), chexpert: 10 labels.
 PAPER_LABELS = {name: (name,) for name in (
     "cardiomegaly", "pleural_effusion", "pneumonia", "atelectasis", "no_finding", "consolidation", "pneumothorax",
     "lung_opacity", "lung_lesion", "fracture")}

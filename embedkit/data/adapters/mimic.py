@@ -31,7 +31,7 @@ LABELS = tuple(snake(x) for x in OBSERVATIONS)
 BLANK = "zeros"
 OPTIONS: dict[str, tuple[str, ...] | None] = {"label_source": ("chexpert", "negbio"),
                                               "test_labels": ("labeler", "radiologist")}
-# paper-protocol.md §1.1 (mimic): the 10 CheXpert labels of the feature loader.
+# The reference study (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), mimic: the 10 CheXpert labels of the feature loader.
 PAPER_LABELS = {name: (name,) for name in (
     "cardiomegaly", "pleural_effusion", "pneumonia", "atelectasis", "no_finding", "consolidation", "pneumothorax",
     "lung_opacity", "lung_lesion", "fracture")}

@@ -26,7 +26,7 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "
 LABELS = tuple(snake(x) for x in FINDINGS) + ("no_finding",)
 BLANK = None
 OPTIONS: dict[str, tuple[str, ...] | None] = {}
-# paper-protocol.md §1.1 (cxr14): 14 labels, no infiltration, no_finding included.
+# The reference study (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), cxr14: 14 labels, no infiltration, no_finding included.
 PAPER_LABELS = {name: (name,) for name in (
     "cardiomegaly", "effusion", "pneumonia", "atelectasis", "no_finding", "consolidation", "pneumothorax",
     "fibrosis", "emphysema", "hernia", "pleural_thickening", "edema", "nodule", "mass")}

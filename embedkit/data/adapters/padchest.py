@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 LABELS = None  # data-driven: every term in the CSV
 BLANK = "zeros"
 OPTIONS: dict[str, tuple[str, ...] | None] = {}
-# paper-protocol.md §1.1 (padchest): 17 labels. The source terms are our reading of PadChest's vocabulary: the
+# The reference study (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), padchest: 17 labels. The source terms are our reading of PadChest's vocabulary: the
 # reference code's master list was built elsewhere, so the term -> label groups are an assumption (see README).
 PAPER_LABELS = {
     "cardiomegaly": ("cardiomegaly",),

@@ -40,7 +40,7 @@ KAGGLE_LABELS = tuple(snake(x) for x in KAGGLE_CLASSES)
 BLANK = None
 READERS = ("majority", "any", "per-reader")
 OPTIONS: dict[str, tuple[str, ...] | None] = {"readers": READERS}
-# paper-protocol.md §1.1 (vindr): 11 labels.
+# The reference study (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), vindr: 11 labels.
 PAPER_LABELS = {name: (name,) for name in (
     "cardiomegaly", "pleural_effusion", "pneumonia", "atelectasis", "no_finding", "consolidation", "pneumothorax",
     "pleural_thickening", "lung_opacity", "pulmonary_fibrosis", "nodule_mass")}

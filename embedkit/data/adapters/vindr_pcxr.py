@@ -27,7 +27,7 @@ _RENAME = {"brocho_pneumonia": "bronchopneumonia", "bronchopneumonia": "bronchop
 LABELS = tuple(_RENAME.get(snake(x), snake(x)) for x in DIAGNOSES)
 BLANK = None
 OPTIONS: dict[str, tuple[str, ...] | None] = {"readers": READERS}
-# paper-protocol.md §1.1 (pedi): No finding, Pneumonia, Bronchitis/Bronchiolitis (merged).
+# The reference study (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), pedi: No finding, Pneumonia, Bronchitis/Bronchiolitis (merged).
 PAPER_LABELS = {"no_finding": ("no_finding",), "pneumonia": ("pneumonia",),
                 "bronchitis_bronchiolitis": ("bronchitis", "bronchiolitis")}
 

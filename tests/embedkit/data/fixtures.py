@@ -1,7 +1,7 @@
 """Builders of synthetic dataset folders that reproduce each public dataset's real on-disk format.
 
-Everything follows the fixture recipes of shared/reference/datasets.md: exact headers (with their quirks), path
-conventions, value encodings; all ids are fake but have the real ids' shape. Image files are a few bytes (the
+Everything follows each dataset's published files: exact headers (with their quirks), path conventions, value
+encodings; all ids are fake but have the real ids' shape. Image files are a few bytes (the
 manifest never opens them); in every fixture exactly one image listed in the label files is NOT written, so the
 missing-file count is exercised. Each builder returns the ROOT to pass as ``ADAPTER:ROOT``.
 """
@@ -218,7 +218,7 @@ PADCHEST_ROWS = [
     (8, "3", 6, 7, "AP", "AP", "['COPD signs', 'nodule']", {"labelCUIS": "['C0000001' 'C0000002']"}),
 ]
 PADCHEST_MISSING = 5  # row number whose image is not written (an EXCLUDEd/unreadable file in the real data)
-#: The real CSV's quirk (datasets.md §4.3: "One StudyID maps to two PatientIDs"): row 9 is patient P7 in P4's
+#: The real CSV's quirk (one StudyID maps to two PatientIDs): row 9 is patient P7 in P4's
 #: study 5. Under seed 0 and 0.7/0.1/0.2 a split by PatientID alone puts P4 in test and P7 in train.
 PADCHEST_SHARED_STUDY_ROWS = [(9, "3", 7, 5, "PA", "PA", "['normal']", {})]
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"

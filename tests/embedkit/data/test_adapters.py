@@ -1,4 +1,4 @@
-"""Each adapter against a synthetic copy of its dataset's real format (recipes in shared/reference/datasets.md)."""
+"""Each adapter against a synthetic copy of its dataset's real format (builders in fixtures.py)."""
 from __future__ import annotations
 
 import logging

@@ -24,7 +24,7 @@ def _salt(monkeypatch):
 def make_dicom(path: Path, stored: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
                window: tuple[float, float] | None = None, voi_lut: list[int] | None = None,
                slope_intercept: tuple[float, float] | None = None, signed: bool = False, **tags) -> Path:
-    """A DX file with ``stored`` as its raw pixel values (recipe from ecosystem.md §8)."""
+    """A DX file with ``stored`` as its raw pixel values (DX For-Presentation SOP class, explicit VR little endian)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])

@@ -1,6 +1,6 @@
 """The `paper` preset is the reference study's preprocessing, pixel for pixel.
 
-The reference (paper-protocol.md §2.1; the lab's ``normalizer_resizer``) is re-implemented here literally with
+The reference (``normalizer_resizer`` of github.com/tayebiarasteh/vit-med, the code of arXiv 2510.07191) is re-implemented here literally with
 OpenCV, scipy and pydicom — the same calls in the same order — and compared with ``Preset.load`` (the path the
 extraction reader uses) on phantom PNG8, PNG16 and DICOM (MONOCHROME1 and MONOCHROME2) files, square and
 non-square, at a downscaling and an upscaling resolution. Every pixel must be identical.

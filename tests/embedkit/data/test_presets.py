@@ -34,7 +34,8 @@ def reference_equalize_hist(u8: np.ndarray) -> np.ndarray:
 
 
 def reference_paper(img: np.ndarray, r: int) -> np.ndarray:
-    """The reference study's five steps (paper-protocol.md §2), written independently of the library."""
+    """The reference study's five steps (arXiv 2510.07191, github.com/tayebiarasteh/vit-med), written independently of the
+    library."""
     h, w = img.shape
     z = ndimage.zoom(img.astype(np.float64), (r / h, r / w), order=2)  # 1. stretch-resize
     z = (z - z.min()) / (z.max() - z.min())  # 2. min-max
