@@ -19,7 +19,7 @@ from typer._click import exceptions as click_exc
 from typer._click import utils as _click_utils
 from typer.core import TyperGroup
 
-COMMAND_MODULES = ("info", "data", "phantoms", "models", "extract", "probe", "finetune", "retrieval", "demo")
+COMMAND_MODULES = ("info", "data", "phantoms", "models", "extract", "probe", "finetune", "retrieval", "demo", "predict", "study")
 
 #: errno -> what to do about it (appended to the OS's own message and the path).
 _OS_ADVICE = {

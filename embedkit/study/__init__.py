@@ -1,0 +1,1 @@
+"""The ``embedkit study`` machinery: configuration, grid and fingerprints, results table, report."""
