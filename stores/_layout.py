@@ -140,5 +140,13 @@ def build_group(path: Path, doc: dict, prov: dict, fp: str, ids: np.ndarray, spe
                       dimension_names=["row"], config={"write_empty_chunks": False})
     root.create_array("failures", shape=(n,), dtype=str, chunks=(unit,), fill_value="",
                       dimension_names=["row"], config={"write_empty_chunks": False})
+    # Per unit and view: crc32c and size of the unit's chunk (shard) file as written, for verify() (FORMAT.md).
+    n_views = len(doc["views"])
+    root.create_array("checksums", shape=(doc["n_units"], n_views, 2), dtype="int64", chunks=(1, n_views, 2),
+                      fill_value=-1, compressors=None, dimension_names=["unit", "view", "field"],
+                      attributes={"views": list(doc["views"]), "fields": ["crc32c", "nbytes"],
+                                  "of": "each view's chunk (shard) file of the unit, as written"},
+                      config={"write_empty_chunks": False})
+    # The ledger is created last: a store whose ledger exists was completely created (see stores/_safe.py).
     root.create_array("ledger", shape=(doc["n_units"],), dtype="uint8", chunks=(1,), fill_value=0,
                       compressors=None, dimension_names=["unit"], config={"write_empty_chunks": False})

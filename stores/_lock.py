@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from stores.errors import StoreLockedError
 LOCK_RELPATH = "ledger/writer.lock"
 #: The image cache's ledger array is ``done``; its lock sits there for the same reason.
 CACHE_LOCK_RELPATH = "done/writer.lock"
+
+#: Locks this process holds; a forked child closes its copies of their descriptors at once (see _drop_in_child).
+_HELD: weakref.WeakSet = weakref.WeakSet()
 
 _RANK_RETRIES = 100  # rank > 0 may collide with rank 0's brief exclusive window: retry for ~2 s
 _RANK_RETRY_SLEEP_S = 0.02
@@ -72,7 +76,8 @@ class WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size, self.run_id = rank, world_size, run_id
         self._pid = os.getpid()
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_CLOEXEC: an exec'd child (a subprocess) never inherits the lock; forked children drop it (_HELD).
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if rank == 0:
                 self._acquire_leader()
@@ -82,6 +87,7 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
             raise
+        _HELD.add(self)
 
     def _acquire_leader(self) -> None:
         try:
@@ -91,7 +97,7 @@ class WriterLock:
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id,
                "world_size": self.world_size, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(doc).encode(), 0)
+        os.pwrite(self._fd, json.dumps(doc, allow_nan=False).encode(), 0)
         os.fsync(self._fd)
         if self.world_size > 1:
             # Linux converts EX -> SH non-atomically; a writer slipping into the gap makes this fail, never both win.
@@ -148,12 +154,37 @@ class WriterLock:
             finally:
                 os.close(self._fd)
                 self._fd = None
+                _HELD.discard(self)
 
     def __del__(self) -> None:  # a dropped store object must not keep its process holding the lock
         try:
             self.release()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+def _drop_in_child() -> None:
+    """After a fork, in the child: close this process's copies of every held lock's descriptor.
+
+    A flock belongs to the open file description, which fork shares: a DataLoader worker that kept the copy would
+    hold the store lock after its parent was SIGKILLed, until it noticed and exited (~6 s), and an immediate re-run
+    (a Slurm requeue) would be refused. Closing the child's copy never unlocks the parent (only LOCK_UN or closing
+    the last copy does), and once the parent dies no copy is left, so the kernel drops the lock at that instant.
+    This hook covers every fork (DataLoader workers, multiprocessing, os.fork) whatever created it, unlike a
+    worker_init_fn (one call site) or a spawn/forkserver context (slower start-up, every dataset must pickle).
+    """
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_in_child)
 
 
 def _describe(doc: dict) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,19 @@ def normalize(provenance: Mapping[str, Any]) -> dict:
         return json.loads(json.dumps(dict(provenance), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise StoreError(f"The provenance must be plain JSON (str/number/bool/None/list/dict, no NaN): {exc}.") from None
+
+
+def strict(obj: Any) -> Any:
+    """``obj`` with NaN/inf -> None and numpy scalars/arrays -> Python, for strict JSON (``allow_nan=False``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return strict(obj.tolist())
+    return obj
 
 
 def canonical_json(obj: Any) -> str:

@@ -6,12 +6,44 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stores import _provenance as prov_mod
+from stores._zarrio import chunk_path, file_checksum
 
 if TYPE_CHECKING:
     from stores.embedding import EmbeddingStore
 
 
-def verify_store(st: EmbeddingStore, *, deep: bool = False) -> dict:
+def damaged_units(st: EmbeddingStore, units, *, read: bool) -> dict[int, list[str]]:
+    """Done units whose feature chunk files are missing, truncated or (``read``) altered: unit -> problems.
+
+    Sizes are checked against the size recorded with the unit's checksum (or, for a store written before
+    checksums, the raw layout's fixed chunk size); with ``read`` every file is read and its crc32c compared.
+    """
+    records = st._checksums[:] if st._checksums is not None else None
+    out: dict[int, list[str]] = {}
+    for u in (int(x) for x in units):
+        for i, (view, arr) in enumerate(st._features.items()):
+            path = chunk_path(arr, st.path, (u, 0))
+            rec = records[u, i] if records is not None and records[u, i, 1] >= 0 else None
+            expected = int(rec[1]) if rec is not None else (
+                arr.chunks[0] * arr.shape[1] * arr.dtype.itemsize if st._raw[view] else None)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                out.setdefault(u, []).append(f"unit {u}: features/{view} chunk file is missing")
+                continue
+            if expected is not None and size != expected:
+                what = "truncated" if size < expected else "too long"
+                out.setdefault(u, []).append(f"unit {u}: features/{view} chunk file is {what} "
+                                             f"({size} bytes, expected {expected})")
+            elif read and rec is not None:
+                got = file_checksum(path)
+                if got is None or got[0] != int(rec[0]):
+                    out.setdefault(u, []).append(f"unit {u}: features/{view} chunk file was altered "
+                                                 "(crc32c differs from the one recorded when it was written)")
+    return out
+
+
+def verify_store(st: EmbeddingStore, *, deep: bool = False, repair: bool = False) -> dict:
     """See :meth:`EmbeddingStore.verify`."""
     problems: list[str] = []
     n, root = st.n_rows, st._root
@@ -37,27 +69,35 @@ def verify_store(st: EmbeddingStore, *, deep: bool = False) -> dict:
     done = st.done_units()
     if (filled & failed).any():
         problems.append(f"{int((filled & failed).sum())} rows are both filled and recorded as failed")
+    bad = damaged_units(st, np.flatnonzero(done), read=True)
     for u in np.flatnonzero(done):
         sl = st.unit_slice(int(u))
         missing = int((~(filled[sl] | failed[sl])).sum())
         if missing:
-            problems.append(f"unit {u} is in the ledger but {missing} of its rows are neither filled nor failed")
+            bad.setdefault(int(u), []).append(
+                f"unit {u} is in the ledger but {missing} of its rows are neither filled nor failed")
+    problems.extend(p for u in sorted(bad) for p in bad[u])
     if prov_mod.fingerprint(st._provenance, st.ids) != st.fingerprint:
         problems.append("the stored fingerprint does not match provenance + ids (attrs were edited?)")
     if deep:
         for v in st.views:
-            bad = 0
+            n_bad = 0
             for idx, x in st.iter_batches(v, batch_size=st.unit_rows * 4, dtype=None):
-                bad += int((~np.isfinite(x[filled[idx]])).any(axis=1).sum())
-            if bad:
-                problems.append(f"features/{v}: {bad} filled rows hold NaN/inf")
-    return _result(st, problems, filled, failed, done)
+                n_bad += int((~np.isfinite(x[filled[idx]])).any(axis=1).sum())
+            if n_bad:
+                problems.append(f"features/{v}: {n_bad} filled rows hold NaN/inf")
+    result = _result(st, problems, filled, failed, done, sorted(bad))
+    if repair and bad:
+        st.mark_pending(sorted(bad))
+        result["marked_pending"] = sorted(bad)
+    return result
 
 
-def _result(st: EmbeddingStore, problems: list[str], filled, failed, done) -> dict:
+def _result(st: EmbeddingStore, problems: list[str], filled, failed, done, bad_units=()) -> dict:
     from stores._layout import FORMAT_VERSION
 
-    return {"ok": not problems, "problems": problems, "format_version": FORMAT_VERSION, "n_rows": st.n_rows,
+    return {"ok": not problems, "problems": problems, "damaged_units": [int(u) for u in bad_units],
+            "format_version": FORMAT_VERSION, "n_rows": st.n_rows,
             "n_filled": None if filled is None else int(filled.sum()),
             "n_failed": None if failed is None else int(failed.sum()),
             "n_units": st.n_units, "n_done_units": None if done is None else int(done.sum()),

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import google_crc32c
 import zarr
 
 #: Target size of one feature chunk. 4-8 MiB chunks measured fastest here (see stores/FORMAT.md, "Why this layout").
@@ -125,11 +126,16 @@ def is_raw_layout(array: zarr.Array) -> bool:
             and array.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little" and array.order == "C")
 
 
-def write_raw_chunk(array: zarr.Array, root: Path, row_chunk: int, data, *, durable: bool) -> None:
+def write_raw_chunk(array: zarr.Array, root: Path, row_chunk: int, data, *, durable: bool) -> tuple[int, int]:
     """Write rows of chunk ``row_chunk`` (all of them, shape (rows_in_chunk, D)) as one chunk file, atomically.
 
     The file is written to a temporary name and renamed over the chunk key, as zarr's LocalStore does, so a reader
     (or a crash) sees the old chunk or the new one, never a torn one.
+
+    Returns
+    -------
+    (crc32c, nbytes) : tuple of int
+        Of the bytes written (what :func:`file_checksum` of the chunk file gives back).
     """
     import numpy as np
 
@@ -140,7 +146,31 @@ def write_raw_chunk(array: zarr.Array, root: Path, row_chunk: int, data, *, dura
         pad[: full.shape[0]] = full
         full = pad
     path = root / array.path / array.metadata.encode_chunk_key((row_chunk, 0))
-    _atomic_write(path, memoryview(np.ascontiguousarray(full)).cast("B"), durable=durable)
+    flat = np.ascontiguousarray(full).reshape(-1).view(np.uint8)  # google_crc32c takes arrays, not memoryviews
+    _atomic_write(path, memoryview(flat), durable=durable)
+    return google_crc32c.value(flat), flat.nbytes
+
+
+def chunk_path(array: zarr.Array, root: Path, coords: tuple[int, ...]) -> Path:
+    """The file of one (outer) chunk of ``array``."""
+    return root / array.path / array.metadata.encode_chunk_key(coords)
+
+
+def file_checksum(path: Path) -> tuple[int, int] | None:
+    """(crc32c, nbytes) of a file, read in 8 MiB blocks; None when it does not exist.
+
+    CRC-32C (Castagnoli, the checksum zarr's ``crc32c`` codec uses) through ``google_crc32c``, a zarr dependency:
+    hardware-accelerated, ~6 GB/s here against ~1.5 GB/s for zlib's crc32, so checksumming stays a small part of
+    a unit write.
+    """
+    crc = size = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while block := f.read(8 << 20):
+                crc, size = google_crc32c.extend(crc, block), size + len(block)
+    except FileNotFoundError:
+        return None
+    return crc, size
 
 
 def _atomic_write(path: Path, payload, *, durable: bool) -> None:
@@ -224,6 +254,20 @@ def take_raw_rows(array: zarr.Array, root: Path, rows, out) -> None:
                     raise OSError(f"chunk file '{path}' is truncated")
         finally:
             os.close(fd)
+
+
+def write_raw_whole_chunk(array: zarr.Array, root: Path, coords: tuple[int, ...], data) -> bool:
+    """Write one whole chunk of an uncompressed little-endian array straight to its file (no fsync); False (nothing
+    written) when the array has another codec, so that the caller goes through zarr."""
+    import numpy as np
+    from zarr.codecs import BytesCodec
+
+    codecs = array.metadata.codecs
+    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec) or sys.byteorder != "little":
+        return False
+    full = np.ascontiguousarray(np.asarray(data, dtype=array.dtype).reshape(array.chunks))
+    _atomic_write(root / array.path / array.metadata.encode_chunk_key(coords), full.tobytes(), durable=False)
+    return True
 
 
 def is_raw_1d(array: zarr.Array) -> bool:

@@ -17,7 +17,7 @@ Example
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,10 +27,11 @@ import numpy as np
 import zarr
 
 from stores import _provenance as prov_mod
+from stores import _safe as safe
 from stores._lock import LOCK_RELPATH, WriterLock, default_run_id
-from stores._zarrio import (_fsync_path, default_rows_per_chunk, default_rows_per_shard, dir_size, fast_pipeline,
-                            fsync_chunk, is_raw_1d, is_raw_layout, read_raw_rows, take_raw_rows, write_raw_1d_chunk,
-                            write_raw_chunk)
+from stores._zarrio import (_fsync_path, chunk_path, default_rows_per_chunk, default_rows_per_shard, dir_size,
+                            fast_pipeline, file_checksum, fsync_chunk, is_raw_1d, is_raw_layout, read_raw_rows,
+                            take_raw_rows, write_raw_1d_chunk, write_raw_chunk, write_raw_whole_chunk)
 from stores._layout import (DOC_KEY, FORMAT_VERSION, as_str_array, build_group, check_doc, check_rank, read_str,
                             validate_create)
 from stores.errors import ProvenanceMismatchError, StoreError
@@ -57,6 +58,7 @@ class EmbeddingStore:
             self._features = {v: root[f"features/{v}"] for v in self._doc["views"]}
             self._filled, self._ledger = root["filled"], root["ledger"]
         self._failures = root["failures"]  # strings: zarr-python's own pipeline
+        self._checksums = root["checksums"] if "checksums" in root else None  # absent in stores written before it
         # Views whose chunk files are raw row blocks of one unit each: written and read without the codec pipeline.
         self._raw = {v: is_raw_layout(a) and a.chunks[0] == self.unit_rows for v, a in self._features.items()}
         self._ids: np.ndarray | None = None
@@ -95,7 +97,10 @@ class EmbeddingStore:
         rows_per_shard, rows_per_chunk : int, optional
             Layout override; by default ~8 MiB chunks, unsharded unless an array would exceed 2048 chunks.
         overwrite : bool
-            Replace an existing store at ``path`` (needs its writer lock).
+            Replace an existing embedding store at ``path`` (needs its writer lock). Never clears anything else:
+            a file, ``.``/``..``/the home directory, another kind of artefact or a non-empty folder without an
+            embedding store's ``zarr.json`` is refused. A folder left by an interrupted creation is recreated
+            with or without ``overwrite``.
         rank, world_size, run_id : optional
             Distributed creation: rank 0 creates, the other ranks :meth:`open` after a barrier.
         durable : bool
@@ -104,7 +109,8 @@ class EmbeddingStore:
         Raises
         ------
         StoreError
-            Invalid arguments, or a store exists and ``overwrite`` is False.
+            Invalid arguments, a store exists and ``overwrite`` is False, ``path`` is not ours to clear, or an
+            OSError (full disk, read-only filesystem) while creating: re-running the same call then starts over.
         StoreLockedError
             Another writer holds the store.
         """
@@ -121,24 +127,24 @@ class EmbeddingStore:
         rps = int(rows_per_shard) if rows_per_shard else (None if rows_per_chunk else default_rows_per_shard(rpc, n))
         if rpc < 1 or (rps is not None and (rps < rpc or rps % rpc)):
             raise StoreError(f"rows_per_shard ({rps}) must be a positive multiple of rows_per_chunk ({rpc}).")
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"'{path}' exists and is not a directory; choose another path.")
-        if (path / "zarr.json").exists() and not overwrite:
+        state = _classify(path)  # before anything is touched: refuse what is not ours
+        if state == "complete" and not overwrite:
             raise StoreError(f"A store already exists at '{path}'; open it, use open_or_create to resume, "
                              "or pass overwrite=True.")
-        path.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(path, rank=0, world_size=world_size, run_id=run_id or default_run_id())
         try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(path, rank=0, world_size=world_size, run_id=run_id or default_run_id())
+        except OSError as exc:
+            raise safe.creation_error(path, "embedding store", exc) from None
+        try:
+            if _classify(path) == "complete" and not overwrite:  # another creator finished while we checked
+                raise StoreError(f"A store already exists at '{path}'; open it, use open_or_create to resume, "
+                                 "or pass overwrite=True.")
             lock_file = path / LOCK_RELPATH
-            others = [p for p in path.rglob("*") if p.is_file() and p != lock_file]
-            if others and not overwrite:
-                raise StoreError(f"'{path}' is a non-empty directory that is not a store; choose another path.")
-            for p in path.iterdir():  # keep the lock file: deleting a held flock file would let a second writer in
-                if p != lock_file.parent:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-            for p in lock_file.parent.iterdir():
-                if p != lock_file:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            # The marker goes first: a kill (or a full disk) from here on leaves a folder that every later call
+            # recognises as an interrupted creation of ours, which the same command recreates.
+            safe.write_marker(lock_file, {"kind": "embeddings", "pid": os.getpid()})
+            safe.clear_for_creation(path, lock_file)
             unit = rps or rpc
             doc = {"format_version": FORMAT_VERSION, "kind": "embeddings", "n_rows": n, "views": dict(views),
                    "dtype": dtype, "rows_per_chunk": rpc, "rows_per_shard": rps, "unit_rows": unit,
@@ -146,11 +152,30 @@ class EmbeddingStore:
                    "metadata": sorted(spec["metadata"]), "has_split": split is not None, "summary": None}
             fp = prov_mod.fingerprint(prov, ids_arr)
             build_group(path, doc, prov, fp, ids_arr, spec)
+            if durable:
+                safe.fsync_tree(path)
+            safe.remove_marker(lock_file)
             root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
             return cls(path, root, lock=lock, rank=0, world_size=world_size, durable=durable)
+        except OSError as exc:
+            lock.release()
+            raise safe.creation_error(path, "embedding store", exc) from None
         except BaseException:
             lock.release()
             raise
+
+    @staticmethod
+    def check_path(path: str | Path) -> safe.State:
+        """What ``path`` holds, before any work: ``"absent"``, ``"incomplete"`` (an interrupted creation) or
+        ``"complete"``; raise when it is not ours to write (a file, ``.``, the home directory, another kind of
+        artefact, a non-empty foreign folder). Cheap: reads at most one ``zarr.json``.
+
+        Raises
+        ------
+        StoreError
+            ``path`` is not an embedding store nor a free place for one.
+        """
+        return _classify(Path(path))
 
     @classmethod
     def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r", *, rank: int | None = None,
@@ -174,6 +199,9 @@ class EmbeddingStore:
             raise StoreError(f"No store at '{path}' (no zarr.json); check the path or create the store first.")
         root = zarr.open_group(str(path), mode="r", use_consolidated=False)
         check_doc(path, root.attrs.asdict())
+        if safe.is_incomplete(path, lock_relpath=LOCK_RELPATH, ledger="ledger"):
+            raise StoreError(f"Store '{path}' was never completely created (its creation was interrupted); re-run the "
+                             "command that creates it (it starts over) or delete the folder.")
         lock = None
         if mode == "r+":
             lock = WriterLock(path, rank=rank, world_size=world_size, run_id=run_id or default_run_id())
@@ -194,16 +222,29 @@ class EmbeddingStore:
             The existing store was written with another backbone, resolution, preprocessing, views, dtype or ids.
         """
         path = Path(path)
-        if not (path / "zarr.json").is_file() or kwargs.get("overwrite"):
+        if kwargs.get("overwrite") or _classify(path) != "complete":  # absent, or an interrupted creation
             return cls.create(path, **kwargs)
         st = cls.open(path, "r+", rank=kwargs.get("rank"), world_size=kwargs.get("world_size"),
                       run_id=kwargs.get("run_id"), durable=kwargs.get("durable", True))
         try:
             st._check_compatible(kwargs["provenance"], kwargs["views"], kwargs.get("dtype", "float16"), kwargs["ids"])
+            st._requeue_damaged()
         except BaseException:
             st.close()
             raise
         return st
+
+    def _requeue_damaged(self) -> None:
+        """On resume, mark done units whose chunk file is missing or has the wrong size pending (a stat each)."""
+        from stores._verify import damaged_units
+
+        if self._rank != 0:
+            return
+        bad = damaged_units(self, np.flatnonzero(self.done_units()), read=False)
+        if bad:
+            logger.warning("Store '%s': %d done unit(s) have missing or truncated chunk files (%s); rewriting them.",
+                           self.path, len(bad), "; ".join(p for u in sorted(bad) for p in bad[u][:1]))
+            self.mark_pending(sorted(bad))
 
     def _check_compatible(self, provenance: Mapping, views: Mapping[str, int], dtype: str, ids: Sequence[str]) -> None:
         new = prov_mod.normalize(provenance)
@@ -358,14 +399,20 @@ class EmbeddingStore:
         ok_arr, reasons = self._ok_and_reasons(sl, ok, failures)
         self._check_views(features, sl)  # before anything is touched: a bad call must not half-rewrite a unit
         self._unmark_done(u)
+        sums = []
         for view, arr in self._features.items():
             data = self._prepare(view, features, sl, ok_arr)
             if self._raw[view]:
-                write_raw_chunk(arr, self.path, u, data, durable=self._durable)
+                sums.append(write_raw_chunk(arr, self.path, u, data, durable=self._durable))
                 continue
+            # The unit is written whole: drop the old shard first, else zarr merges into it and a damaged one
+            # (truncated index) would make the rewrite that repairs it fail.
+            chunk_path(arr, self.path, (u, 0)).unlink(missing_ok=True)
             arr[sl] = data
             if self._durable:
                 fsync_chunk(arr, self.path, (u, 0))
+            sums.append(file_checksum(chunk_path(arr, self.path, (u, 0))))
+        self._write_checksums(u, sums)
         self._write_1d(self._filled, u, ok_arr)
         fail_key = self.path / self._failures.path / self._failures.metadata.encode_chunk_key((u,))
         if (reasons != "").any() or fail_key.exists():  # an all-'' chunk is never stored: skip the no-op write
@@ -375,6 +422,31 @@ class EmbeddingStore:
         # Not fsync'd: a ledger entry lost to a power cut only means redoing the unit; what must never happen is an
         # entry that survives while the unit's data does not, and the data was fsync'd above.
         self._write_1d(self._ledger, u, np.ones(1, np.uint8), durable=False)
+
+    def _write_checksums(self, u: int, sums: list[tuple[int, int] | None]) -> None:
+        """Record each view's (crc32c, nbytes) of unit ``u``'s chunk file, before its ledger entry (durably)."""
+        if self._checksums is None:  # a store written before checksums existed
+            return
+        values = np.array([s if s is not None else (-1, -1) for s in sums], dtype=np.int64)
+        if not write_raw_whole_chunk(self._checksums, self.path, (u, 0, 0), values[None]):
+            self._checksums[u] = values
+        if self._durable:
+            fsync_chunk(self._checksums, self.path, (u, 0, 0))
+
+    def mark_pending(self, units: Sequence[int]) -> None:
+        """Clear the ledger entries of ``units`` so that the next run (``open_or_create``) rewrites them.
+
+        Used after :meth:`verify` found a unit's chunk missing, truncated or altered.
+
+        Raises
+        ------
+        StoreError
+            Read-only store, or a unit out of range.
+        """
+        self._require_writable()
+        for u in units:
+            self.unit_slice(int(u))
+            self._unmark_done(int(u))
 
     def _unmark_done(self, u: int) -> None:
         """Clear unit ``u``'s ledger entry before its data is rewritten; no-op for a unit that is not done.
@@ -437,6 +509,8 @@ class EmbeddingStore:
                 for arr in (*self._features.values(), self._filled, self._failures):
                     fsync_chunk(arr, self.path, (u, 0) if arr.ndim == 2 else (u,))
             if done.all():
+                self._write_checksums(u, [file_checksum(chunk_path(a, self.path, (u, 0)))
+                                          for a in self._features.values()])
                 self._write_1d(self._ledger, u, np.ones(1, np.uint8), durable=False)
 
     def _ok_and_reasons(self, sl: slice, ok: np.ndarray | None,
@@ -596,18 +670,40 @@ class EmbeddingStore:
         return r
 
     # ------------------------------------------------------------------ checks and summary
-    def verify(self, *, deep: bool = False) -> dict:
-        """Check shapes, dtypes, ledger vs filled, fingerprint (and with ``deep``, that filled rows are finite).
+    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
+        """Check shapes, dtypes, every done unit's chunk files against their recorded checksums, ledger vs filled,
+        and the fingerprint (with ``deep``, also that filled rows are finite).
+
+        Parameters
+        ----------
+        deep : bool
+            Also scan every filled row for NaN/inf.
+        repair : bool
+            Mark the damaged units pending (needs ``"r+"``), so that re-running the extract rewrites exactly them.
 
         Returns
         -------
         dict
-            ``ok`` (bool), ``problems`` (list of str), ``n_rows``, ``n_filled``, ``n_failed``, ``n_units``,
-            ``n_done_units``, ``complete``, ``format_version``.
+            ``ok`` (bool), ``problems`` (list of str, each naming its unit), ``damaged_units`` (list of int: done
+            units whose chunk file is missing, truncated or altered, or whose rows are incomplete), ``n_rows``,
+            ``n_filled``, ``n_failed``, ``n_units``, ``n_done_units``, ``complete``, ``format_version``; with
+            ``repair``, ``marked_pending``.
+
+        Raises
+        ------
+        StoreError
+            ``repair`` on a read-only store.
+
+        Examples
+        --------
+        >>> EmbeddingStore.open("runs/nih.zarr").verify()["damaged_units"]  # doctest: +SKIP
+        []
         """
         from stores._verify import verify_store
 
-        return verify_store(self, deep=deep)
+        if repair:
+            self._require_writable()
+        return verify_store(self, deep=deep, repair=repair)
 
     def summary(self) -> dict:
         """Everything ``embedkit info`` shows: counts, views, labels per split, provenance, size on disk."""
@@ -653,6 +749,11 @@ class EmbeddingStore:
     def __repr__(self) -> str:
         mode = "r+" if self._lock is not None and self._lock.held else "r"
         return f"EmbeddingStore('{self.path}', n_rows={self.n_rows}, views={self.views}, dtype={self.dtype}, {mode})"
+
+
+def _classify(path: Path) -> safe.State:
+    return safe.classify(path, key=DOC_KEY, lock_relpath=LOCK_RELPATH, ledger="ledger", noun="embedding store",
+                         foreign_keys={"embedkit_image_cache": "image cache"})
 
 
 def _cast(x: np.ndarray, dtype: Any) -> np.ndarray:

@@ -10,6 +10,7 @@ Layout (``cache.zarr/``)::
     failure        (N,) string, chunked by unit -- why a row is empty ("" when filled)
     done           (n_units,) bool, one chunk per unit: the completion ledger
     done/writer.lock   the writer lock (``fcntl.flock``; not a zarr object), as in the embedding store
+    done/creating.json only while the cache is being created: an interrupted creation, redone by the same command
     labels         (N, K) float32 (NaN = unknown), optional; attrs["label_names"]
     split          (N,) string, optional
     metadata/<name> (N,), optional (patient_id, study_id, view, sex, age, dataset)
@@ -28,13 +29,14 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import shutil
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stores import _safe as safe
 from stores._layout import check_rank
 from stores._lock import CACHE_LOCK_RELPATH, WriterLock, default_run_id
 from stores.errors import FormatVersionError, ProvenanceMismatchError, StoreError
@@ -122,7 +124,9 @@ class ImageCache:
         compress : bool
             Zstd level 1 on the image chunks (radiographs compress ~1.5-2x; decoding stays far cheaper than PNG).
         overwrite : bool
-            Replace an existing directory (needs its writer lock).
+            Replace an existing image cache (needs its writer lock). Never clears anything else: a file,
+            ``.``/``..``/the home directory, an embedding store or a non-empty folder without an image cache's
+            ``zarr.json`` is refused. A folder left by an interrupted creation is recreated either way.
         rank, world_size, run_id : optional
             Distributed creation: rank 0 creates (the lock is then shared by the run), the other ranks
             :meth:`open` with ``"r+"`` after a barrier. ``run_id`` defaults to the launcher's (see ``stores._lock``).
@@ -134,7 +138,8 @@ class ImageCache:
         Raises
         ------
         StoreError
-            Bad arguments, or ``path`` exists and ``overwrite`` is False.
+            Bad arguments, ``path`` holds a cache and ``overwrite`` is False, ``path`` is not ours to clear, or an
+            OSError (full disk, read-only filesystem) while creating: re-running the same call then starts over.
         StoreLockedError
             Another writer holds the cache.
         """
@@ -154,20 +159,32 @@ class ImageCache:
         rank, world_size = check_rank(rank, world_size)
         if rank != 0:
             raise StoreError(f"Only rank 0 creates an image cache; rank {rank} must open '{path}' after a barrier.")
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"'{path}' exists and is not a directory; choose another path.")
-        if _has_content(path) and not overwrite:
+        _validate_columns(n, labels, label_names, split, metadata)  # argument errors before anything is touched
+        state = _classify(path)  # refuse what is not ours
+        if state == "complete" and not overwrite:
             raise StoreError(f"'{path}' already exists; pass overwrite=True or choose another path.")
-        path.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(path, rank=0, world_size=world_size, run_id=run_id or default_run_id(),
-                          relpath=CACHE_LOCK_RELPATH, noun="Image cache")
         try:
-            if _has_content(path) and not overwrite:  # another creator finished while we waited for the lock
+            path.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(path, rank=0, world_size=world_size, run_id=run_id or default_run_id(),
+                              relpath=CACHE_LOCK_RELPATH, noun="Image cache")
+        except OSError as exc:
+            raise safe.creation_error(path, "image cache", exc) from None
+        try:
+            if _classify(path) == "complete" and not overwrite:  # another creator finished while we checked
                 raise StoreError(f"'{path}' already exists; pass overwrite=True or choose another path.")
-            _clear_but_lock(path)  # deleting the held lock file would let a second writer in
+            lock_file = path / CACHE_LOCK_RELPATH
+            # Marker first, as for the embedding store: a kill from here on leaves an interrupted creation that
+            # the same command recreates.
+            safe.write_marker(lock_file, {"kind": "image_cache", "pid": os.getpid()})
+            safe.clear_for_creation(path, lock_file)  # deleting the held lock file would let a second writer in
             group = cls._build(path, ids=ids, resolution=resolution, provenance=provenance, labels=labels,
                                label_names=label_names, split=split, metadata=metadata, unit_rows=unit_rows,
                                images_per_chunk=images_per_chunk, compress=compress)
+            safe.fsync_tree(path)
+            safe.remove_marker(lock_file)
+        except OSError as exc:
+            lock.release()
+            raise safe.creation_error(path, "image cache", exc) from None
         except BaseException:
             lock.release()
             raise
@@ -212,8 +229,6 @@ class ImageCache:
                            dimension_names=["row"])
         group.create_array("failure", shape=(n,), dtype=str, chunks=(unit_rows,), fill_value="",
                            dimension_names=["row"])
-        group.create_array("done", shape=(n_units,), dtype="bool", chunks=(1,), fill_value=False,
-                           dimension_names=["unit"])
         if labels is not None:
             labels = np.asarray(labels, dtype=np.float32)
             if labels.ndim != 2 or labels.shape[0] != n:
@@ -231,6 +246,9 @@ class ImageCache:
             meta = group.create_group("metadata")
             for name, values in metadata.items():
                 cls._write_column(meta, name, values, n)
+        # The ledger comes last: a cache whose ledger exists was completely created (versions without a marker).
+        group.create_array("done", shape=(n_units,), dtype="bool", chunks=(1,), fill_value=False,
+                           dimension_names=["unit"])
         return zarr.open_group(str(path), mode="r+", use_consolidated=False)
 
     @staticmethod
@@ -257,6 +275,19 @@ class ImageCache:
         except (OSError, ValueError):
             return False
         return _KEY in (doc.get("attributes") or {})
+
+    @staticmethod
+    def check_path(path: str | Path) -> safe.State:
+        """What ``path`` holds, before any work: ``"absent"``, ``"incomplete"`` (an interrupted creation) or
+        ``"complete"``; raise when it is not ours to write (a file, ``.``, the home directory, another kind of
+        artefact, a non-empty foreign folder). Cheap: reads at most one ``zarr.json``.
+
+        Raises
+        ------
+        StoreError
+            ``path`` is not an image cache nor a free place for one.
+        """
+        return _classify(Path(path))
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r", *, rank: int | None = None, world_size: int | None = None,
@@ -290,6 +321,9 @@ class ImageCache:
             raise StoreError(f"The 'mode' parameter of ImageCache.open must be 'r' or 'r+'. Got {mode!r}.")
         if not cls.is_cache(path):
             raise StoreError(f"'{path}' is not an image cache; write one with 'embedkit cache-images'.")
+        if safe.is_incomplete(path, lock_relpath=CACHE_LOCK_RELPATH, ledger="done"):
+            raise StoreError(f"Image cache '{path}' was never completely created (its creation was interrupted); "
+                             "re-run the command that creates it (it starts over) or delete the folder.")
         rank, world_size = check_rank(rank, world_size)
         group = zarr.open_group(path, mode="r", use_consolidated=False)
         version = group.attrs[_KEY].get("format_version")
@@ -319,7 +353,7 @@ class ImageCache:
             The existing cache has another resolution or preprocessing, or other ids.
         """
         path = Path(path)
-        if not _has_content(path) or kwargs.get("overwrite"):  # absent, or a create killed before any array
+        if kwargs.get("overwrite") or _classify(path) != "complete":  # absent, or an interrupted creation
             return cls.create(path, **kwargs)
         cache = cls.open(path, mode="r+", rank=kwargs.get("rank"), world_size=kwargs.get("world_size"),
                          run_id=kwargs.get("run_id"))
@@ -521,21 +555,23 @@ class ImageCache:
         return f"ImageCache('{self.path}', n_rows={self.n_rows}, resolution={self.resolution})"
 
 
-def _has_content(path: Path) -> bool:
-    """Whether ``path`` holds any file but the writer lock (False when it does not exist)."""
-    lock_file = path / CACHE_LOCK_RELPATH
-    return path.is_dir() and any(p.is_file() and p != lock_file for p in path.rglob("*"))
+def _validate_columns(n: int, labels: Any, label_names: Sequence[str] | None, split: Sequence[str] | None,
+                      metadata: Mapping[str, Sequence] | None) -> None:
+    """The checks ``_build`` makes, run before the target folder is touched."""
+    if labels is not None:
+        shape = np.shape(labels)
+        if len(shape) != 2 or shape[0] != n:
+            raise StoreError(f"'labels' must have shape (N={n}, K). Got {shape}.")
+        if label_names is not None and len(label_names) != shape[1]:
+            raise StoreError(f"'label_names' has {len(label_names)} names for {shape[1]} label columns.")
+    for name, values in (({"split": split} if split is not None else {}) | dict(metadata or {})).items():
+        if np.shape(values) != (n,):
+            raise StoreError(f"Column '{name}' must have length {n}. Got shape {np.shape(values)}.")
 
 
-def _clear_but_lock(path: Path) -> None:
-    """Empty ``path`` except the writer lock file (the lock holder replaces the cache)."""
-    lock_file = path / CACHE_LOCK_RELPATH
-    for p in path.iterdir():
-        if p != lock_file.parent:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    for p in lock_file.parent.iterdir():
-        if p != lock_file:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+def _classify(path: Path) -> safe.State:
+    return safe.classify(path, key=_KEY, lock_relpath=CACHE_LOCK_RELPATH, ledger="done", noun="image cache",
+                         foreign_keys={"embedkit_store": "embedding store"})
 
 
 def _short(value: Any) -> str:

@@ -124,7 +124,7 @@ def choose_index(n: int, d: int, *, memory_budget_bytes: int, kind: Kind = "auto
     """Pick an index for ``n`` vectors of ``d`` dims within ``memory_budget_bytes`` (pure; no faiss).
 
     ``auto``: Flat below ``FLAT_MAX_N`` rows; else IVF-Flat if the raw vectors fit (on this CPU IVF-Flat builds
-    ~7x faster than HNSW32 for the same recall, ecosystem.md §6); else IVF + fp16 scalar codes; else IVF-PQ with an
+    ~7x faster than HNSW32 for the same recall: 8 s against 54 s at 200k x 768, faiss-cpu 1.15.1); else IVF + fp16 scalar codes; else IVF-PQ with an
     SQ8 refine stage; else plain IVF-PQ (recall may then fall short and is reported as such).
 
     Raises
@@ -150,7 +150,7 @@ def choose_index(n: int, d: int, *, memory_budget_bytes: int, kind: Kind = "auto
         return IndexPlan("ivf", f"IVF{nlist},Flat", flat_b + centroids, "nprobe", _powers(nlist), train, reason)
 
     def ivfpq(max_code: float, reason: str) -> IndexPlan | None:
-        # Refine with 8-bit scalar codes (d bytes) when they fit: PQ alone caps recall (0.28 at m=96, §6).
+        # Refine with 8-bit scalar codes (d bytes) when they fit: PQ alone caps recall (0.28 at m=96 on 200k x 768, 0.85 with a refine).
         refine_m = pq_m(d, min(max_code - d, d / 4))
         if refine_m is not None:
             return IndexPlan("ivfpq", f"IVF{nlist},PQ{refine_m}x8,Refine(SQ8)",
