@@ -50,11 +50,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
 
+    from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
     from embedkit.data import decode_image, make_preset
     from stores.image_cache import ImageCache
 
-    preset = make_preset("model", resolution=args.res, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                         resize="pad")
+    preset = make_preset("model", resolution=args.res, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="pad")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = synthetic_cxr_pngs(tmp, args.n, args.src)

@@ -224,16 +224,20 @@ def parity(module, cfg: dict, *, res: int, device: str, n: int) -> dict:
     """
     import torch
 
+    from embedkit.backbones.families import get_family
     from embedkit.backbones.hf import HFViTBackbone
-    from embedkit.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+    from embedkit.backbones.spec import BackboneSpec
+    from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
 
     spec = BackboneSpec(name="random-dinov3", source="transformers", hub_id=None, embed_dim=cfg["hidden_size"],
-                        patch_size=16, num_registers=4, mean=IMAGENET_MEAN, std=IMAGENET_STD, license="none")
+                        patch_size=16, num_registers=4, mean=IMAGENET_MEAN, std=IMAGENET_STD, license="none",
+                        loader="dinov3-vit")
     torch.manual_seed(1)
     x = torch.randn(n, 3, res, res, device=device)
     out = {}
     for prec in ("fp32", "bf16-weights"):
-        bb = HFViTBackbone(spec, module, ["cls", "mean_patch"], device=torch.device(device), precision=prec,
+        bb = HFViTBackbone(spec, module, ["cls", "mean_patch"], family=get_family(spec.loader),
+                           device=torch.device(device), precision=prec,
                            origin={"id": None, "path": None, "sha256": "random"})
         out[prec] = bb.embed(x)
         for h in bb._hooks:
@@ -251,8 +255,10 @@ def gpu_figures(tmp: Path, *, names: list[str], res: int, n: int, batch: dict, w
     import torch
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+    from embedkit.backbones.families import get_family
     from embedkit.backbones.hf import HFViTBackbone
-    from embedkit.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+    from embedkit.backbones.spec import BackboneSpec
+    from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
     from embedkit.extract.run import run_cache_images, run_extract
 
     manifest = write_pngs(tmp, n, res)
@@ -275,9 +281,10 @@ def gpu_figures(tmp: Path, *, names: list[str], res: int, n: int, batch: dict, w
             results["parity"] = parity(module, cfg, res=res, device=device, n=8 if device == "cuda" else 4)
         spec = BackboneSpec(name=f"random-dinov3-{key}", source="transformers", hub_id=None,
                             embed_dim=cfg["hidden_size"], patch_size=16, num_registers=4, mean=IMAGENET_MEAN,
-                            std=IMAGENET_STD, license="none")
-        bb = HFViTBackbone(spec, module, ["cls", "mean_patch"], device=torch.device(device),
-                           precision="bf16-weights", origin={"id": None, "path": None, "sha256": "random"})
+                            std=IMAGENET_STD, license="none", loader="dinov3-vit")
+        bb = HFViTBackbone(spec, module, ["cls", "mean_patch"], family=get_family(spec.loader),
+                           device=torch.device(device), precision="bf16-weights",
+                           origin={"id": None, "path": None, "sha256": "random"})
         b = batch.get(key, 32)
         n_key = n if "7b" not in key else min(n, 512)
         # Warm-up outside the timed pipeline (cuDNN/cuBLAS heuristics, allocator growth).

@@ -26,9 +26,9 @@ validation); ``study`` (:mod:`embedkit.app.study`) runs a TOML-described grid an
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from embedkit.app.catalog import build_manifest as manifest
 from embedkit.app.catalog import list_models as models
@@ -41,39 +41,27 @@ from embedkit.app.retrieval import build_store_index as index
 from embedkit.app.retrieval import search, search_eval
 from embedkit.app.study import study
 from embedkit.errors import ExtractionError
+from embedkit.extract.options import CacheOptions, ExtractOptions, build_options, with_options_signature
 
 if TYPE_CHECKING:  # pragma: no cover
     from stores import EmbeddingStore
     from stores.image_cache import ImageCache
 
-__all__ = ["extract", "cache_images", "probe", "compare", "finetune", "index", "search", "search_eval", "info", "models",
+__all__ = ["ExtractOptions", "CacheOptions",
+           "extract", "cache_images", "probe", "compare", "finetune", "index", "search", "search_eval", "info", "models",
            "manifest", "phantoms", "predict", "study"]
 
 
+@with_options_signature(ExtractOptions)
 def extract(
     model: str,
     data: str,
     out: str | Path,
+    options: ExtractOptions | None = None,
     *,
-    res: int,
-    features: Sequence[str] | None = None,
-    preprocess: Literal["model", "paper"] = "model",
-    resize: Literal["pad", "stretch"] = "pad",
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto",
-    dtype: Literal["float16", "float32"] = "float16",
-    limit: int | None = None,
-    labels: str | Sequence[str] = "full",
-    uncertain: str = "zeros",
-    views: str = "frontal",
-    split: str | None = None,
-    compile: bool = False,
     strict: bool = False,
-    rows_per_shard: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    allow_download: bool = False,
+    **fields: Any,
 ) -> EmbeddingStore:
     """Embed DATA with MODEL into the store OUT; the same as ``embedkit extract``.
 
@@ -85,17 +73,14 @@ def extract(
         Manifest CSV, ``ADAPTER:ROOT`` or an image cache written by :func:`cache_images`.
     out : str or Path
         Store directory; an existing one with the same provenance is resumed, another is refused.
-    res : int
-        Square input resolution R.
-    features : sequence of str, optional
-        Views such as ``["cls", "mean_patch"]`` (default: the backbone family's defaults).
+    options : ExtractOptions, optional
+        All options at once; or pass them as keywords (``res=512, features=["cls", "mean_patch"], batch_size=64,
+        workers, device, precision, dtype, limit, labels, uncertain, views, split, compile, rows_per_shard,
+        allow_download``), documented on :class:`~embedkit.extract.options.ExtractOptions` and checked there.
     strict : bool
         Raise :class:`ExtractionError` after the run if any image was unreadable.
     progress : callable(done, total), optional
         Called after each batch.
-    allow_download : bool
-        Fetch missing weights from the hub (only when ``HF_HUB_OFFLINE`` is unset); off by default.
-    Other parameters : see ``embedkit extract --help``.
 
     Returns
     -------
@@ -109,33 +94,20 @@ def extract(
     from embedkit.extract.run import run_extract
     from stores import EmbeddingStore
 
-    report = run_extract(
-        model, data, out, res=res, features=features, preprocess=preprocess, resize=resize, batch_size=batch_size,
-        workers=workers, device=device, precision=precision, dtype=dtype, limit=limit, labels=labels,
-        uncertain=uncertain, views=views, split=split, compile=compile, rows_per_shard=rows_per_shard,
-        progress=progress, allow_download=allow_download,
-    )
+    report = run_extract(model, data, out, build_options(ExtractOptions, options, fields), progress=progress)
     _strict(report, strict)
     return EmbeddingStore.open(out)
 
 
+@with_options_signature(CacheOptions)
 def cache_images(
     data: str,
     out: str | Path,
+    options: CacheOptions | None = None,
     *,
-    res: int,
-    preprocess: Literal["model", "paper"] = "model",
-    resize: Literal["pad", "stretch"] = "pad",
-    batch_size: int = 32,
-    workers: int | None = None,
-    limit: int | None = None,
-    labels: str | Sequence[str] = "full",
-    uncertain: str = "zeros",
-    views: str = "frontal",
-    split: str | None = None,
-    unit_rows: int = 256,
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    **fields: Any,
 ) -> ImageCache:
     """Decode and preprocess DATA once into an image cache (N, R, R) uint8; the same as ``embedkit cache-images``.
 
@@ -145,11 +117,11 @@ def cache_images(
         Manifest CSV or ``ADAPTER:ROOT``.
     out : str or Path
         Cache directory; re-running resumes it.
-    res : int
-        Square resolution R.
-    unit_rows : int
-        Images per work unit (one shard).
-    Other parameters : as :func:`extract`.
+    options : CacheOptions, optional
+        All options at once; or as keywords (``res``, ``unit_rows`` -- images per work unit -- and the image
+        options of :func:`extract`), documented on :class:`~embedkit.extract.options.CacheOptions`.
+    strict, progress
+        As :func:`extract`.
 
     Returns
     -------
@@ -163,11 +135,7 @@ def cache_images(
     from embedkit.extract.run import run_cache_images
     from stores.image_cache import ImageCache
 
-    report = run_cache_images(
-        data, out, res=res, preprocess=preprocess, resize=resize, batch_size=batch_size, workers=workers,
-        limit=limit, labels=labels, uncertain=uncertain, views=views, split=split, unit_rows=unit_rows,
-        progress=progress,
-    )
+    report = run_cache_images(data, out, build_options(CacheOptions, options, fields), progress=progress)
     _strict(report, strict)
     return ImageCache.open(out)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from probes.errors import ProbeError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only: importing the registry stays cheap (CLI help texts)
+    import numpy as np
 
 
 class Probe(Protocol):

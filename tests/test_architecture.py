@@ -212,16 +212,38 @@ def _module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _import_graph(root: Path, package: str) -> dict[str, set[str]]:
-    """Module -> the modules of ``package`` it imports at top level (``from pkg import sub`` counts as ``pkg.sub``)."""
+def _lazy_imports(tree: ast.Module) -> list[ast.stmt]:
+    """Every import statement that can execute, at any depth (inside functions too), except ``TYPE_CHECKING``."""
+    found: list[ast.stmt] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append(child)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _import_graph(root: Path, package: str, *, lazy: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports at top level (``from pkg import sub`` counts as ``pkg.sub``);
+    with ``lazy``, imports inside functions count too (a cycle hidden behind a function-level import is still one).
+    """
     modules = {_module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         is_pkg = path.name == "__init__.py"
         targets: list[str] = [m for m, _ in _top_level_imports(tree)]
+        statements = _lazy_imports(tree) if lazy else tree.body
+        targets += [a.name for node in statements if isinstance(node, ast.Import) for a in node.names]
         # Relative imports and the names of ``from X import a, b`` (a submodule when a file of that name exists).
-        for node in tree.body:
+        for node in statements:
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -287,3 +309,34 @@ def test_import_cycle_is_detected(tmp_path):
     assert _cycles(_import_graph(tmp_path, "pkg")) == [["pkg.sub", "pkg.sub.a", "pkg.sub.b"]]
     (pkg / "sub" / "a.py").write_text("A = 1\n")
     assert _cycles(_import_graph(tmp_path, "pkg")) == []
+
+
+#: Packages whose modules must not form a cycle even through function-level imports (the lazy import that hid
+#: ``backbones.spec`` <-> ``backbones.zoo``).
+_NO_LAZY_CYCLES = ("embedkit.backbones", "embedkit.extract")
+
+
+def _within(graph: dict[str, set[str]], package: str) -> dict[str, set[str]]:
+    inside = {m for m in graph if m == package or m.startswith(package + ".")}
+    return {m: graph[m] & inside for m in inside}
+
+
+@pytest.mark.parametrize("package", _NO_LAZY_CYCLES)
+def test_no_import_cycles_counting_lazy_imports(package):
+    graph = _within(_import_graph(ROOT, "embedkit", lazy=True), package)
+    assert len(graph) > 3, f"{package} not found"
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles (function-level imports included):\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_lazy_import_cycle_is_detected(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "spec.py").write_text("def ensure():\n    from pkg import zoo  # noqa\n")
+    (pkg / "zoo.py").write_text("from pkg.spec import ensure\n")
+    (pkg / "hint.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.zoo\n")
+    assert _cycles(_import_graph(tmp_path, "pkg")) == []
+    assert _cycles(_import_graph(tmp_path, "pkg", lazy=True)) == [["pkg.spec", "pkg.zoo"]]
+    (pkg / "spec.py").write_text("def ensure():\n    import pkg.hint  # noqa\n")
+    assert _cycles(_import_graph(tmp_path, "pkg", lazy=True)) == []

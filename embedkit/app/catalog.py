@@ -112,6 +112,7 @@ class ModelInfo:
     weights_local: bool
     weights_path: str | None
     notes: str
+    loader: str
 
 
 def list_models() -> list[ModelInfo]:
@@ -137,13 +138,19 @@ def list_models() -> list[ModelInfo]:
             name=spec.name, source=spec.source, id=spec.hub_id, family=spec.family, embed_dim=spec.embed_dim,
             patch_size=spec.patch_size, num_registers=spec.num_registers, mean=list(spec.mean), std=list(spec.std),
             license=spec.license, gated=spec.gated, default_views=list(spec.default_views),
-            weights_local=files is not None, weights_path=str(files[-1].parent) if files else None, notes=spec.notes))
+            weights_local=files is not None, weights_path=str(files[-1].parent) if files else None, notes=spec.notes,
+            loader=spec.loader))
     return rows
 
 
 def models_document(models: Sequence[ModelInfo]) -> dict:
-    """The document ``embedkit models --json`` prints: ``{"backbones": [...]}``."""
-    return {"backbones": [asdict(m) for m in models]}
+    """The document ``embedkit models --json`` prints: ``{"backbones": [...], "families": [...]}`` (the registered
+    backbone families: name, library, arch, transformers model types, description)."""
+    from embedkit.backbones import list_families
+
+    families = [{"name": f.name, "library": f.library, "arch": f.arch, "model_types": list(f.model_types),
+                 "description": f.description} for f in list_families()]
+    return {"backbones": [asdict(m) for m in models], "families": families}
 
 
 @dataclass(frozen=True)

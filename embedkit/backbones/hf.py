@@ -1,4 +1,6 @@
-"""transformers backbones: DINOv3 ViT, DINOv2 (+registers), ViT; DINOv3 ConvNeXt, ConvNeXt."""
+"""The transformers loader: one for every transformers family (DINOv3 ViT, DINOv2 (+registers), ViT; DINOv3
+ConvNeXt, ConvNeXt). What differs between families (where the blocks and final norm sit, forward options, the
+``pooled`` definition) comes from the :class:`~embedkit.backbones.families.BackboneFamily` it is handed."""
 from __future__ import annotations
 
 import logging
@@ -6,34 +8,20 @@ from pathlib import Path
 
 from embedkit.backbones.base import TorchBackbone, check_spec
 from embedkit.backbones.hashing import files_sha256
-from embedkit.backbones.resolve import HF_MODEL_TYPES, Location, cached_hub_files, hub_offline, weights_missing
+from embedkit.backbones.hub import Location, cached_hub_files, hub_offline, weights_missing
 from embedkit.backbones.spec import BackboneSpec
 from embedkit.backbones.views import compute_convnext_views, compute_vit_views, plan_convnext_views, plan_vit_views
 from embedkit.errors import ModelError, WeightsNotFoundError
 
 logger = logging.getLogger(__name__)
 
-_POOLED = {
-    "dinov3_convnext": "pooler_output (HF DINOv3ConvNextModel): the final LayerNorm of the global average of the "
-                       "last stage map (== last_hidden_state[:, 0])",
-    "convnext": "pooler_output (HF ConvNextModel): the final LayerNorm of the global average of the last stage map",
-}
-
-
 class HFViTBackbone(TorchBackbone):
     """DINOv3ViTModel / Dinov2Model / Dinov2WithRegistersModel / ViTModel."""
 
-    def __init__(self, spec, module, views, **kw):
-        mtype = module.config.model_type
-        if mtype == "dinov3_vit":
-            self._blocks, self._norm = module.model.layer, module.norm
-        else:
-            self._blocks, self._norm = module.encoder.layer, module.layernorm
-        self._extra = {"interpolate_pos_encoding": True} if mtype == "vit" else {}
-        # HF Dinov2(WithRegisters)Model, as the reference study ran it at 512 and 1024 (patch 14): the stride-14
-        # patch convolution floors the grid (512 -> 36x36) and silently drops the last 512 - 36*14 = 8 columns and
-        # rows; position embeddings are interpolated to the grid. Allowed, and recorded via input_geometry().
-        self.ignores_partial_patches = mtype in ("dinov2", "dinov2_with_registers")
+    def __init__(self, spec, module, views, *, family, **kw):
+        self._blocks, self._norm = family.layers(module)
+        self._extra = dict(family.forward_kwargs)
+        self.ignores_partial_patches = family.ignores_partial_patches
         plan = plan_vit_views(views, dim=spec.embed_dim, depth=len(self._blocks), num_registers=spec.num_registers)
         super().__init__(spec, module, plan, **kw)
         self._capture_cls(self._blocks, plan.blocks)
@@ -51,10 +39,9 @@ class HFConvNextBackbone(TorchBackbone):
 
     channels_last = True
 
-    def __init__(self, spec, module, views, **kw):
-        mtype = module.config.model_type
-        self._stages = module.model.stages if mtype == "dinov3_convnext" else module.encoder.stages
-        plan = plan_convnext_views(views, stage_dims=list(module.config.hidden_sizes), pooled=_POOLED[mtype])
+    def __init__(self, spec, module, views, *, family, **kw):
+        self._stages, _ = family.layers(module)
+        plan = plan_convnext_views(views, stage_dims=list(module.config.hidden_sizes), pooled=family.pooled)
         super().__init__(spec, module, plan, **kw)
         last = len(self._stages) - 1
         self._capture_stages(self._stages, plan.stages,
@@ -72,8 +59,16 @@ def _weight_files(folder: Path) -> list[Path]:
     return st or sorted(folder.glob("pytorch_model*.bin"))
 
 
-def load_hf(spec: BackboneSpec, loc: Location, *, device, precision: str, views, allow_download: bool):
-    """Build a transformers backbone from a hub id (cache only unless allowed) or a local folder."""
+def load_hf(spec: BackboneSpec, loc: Location, *, family, device, precision: str, views, allow_download: bool):
+    """Build a transformers backbone of ``family`` from a hub id (cache only unless allowed) or a local folder.
+
+    Raises
+    ------
+    ModelError
+        The folder's model type is not one of ``family.model_types``, or its shapes contradict ``spec``.
+    WeightsNotFoundError
+        Weights not cached and downloading not allowed.
+    """
     import torch
     import transformers
     from transformers import AutoModel
@@ -98,7 +93,7 @@ def load_hf(spec: BackboneSpec, loc: Location, *, device, precision: str, views,
                          f"'{loc.ref}'. Pass the folder holding config.json + model.safetensors.")
     kwargs = dict(local_files_only=local_only,
                   dtype=torch.bfloat16 if precision == "bf16-weights" else torch.float32)
-    if spec.family == "vit":
+    if family.arch == "vit":
         kwargs["attn_implementation"] = "sdpa"
     try:
         module = AutoModel.from_pretrained(src, **kwargs)
@@ -107,8 +102,9 @@ def load_hf(spec: BackboneSpec, loc: Location, *, device, precision: str, views,
             raise weights_missing(spec, loc.ref, ("config.json", "model.safetensors"), why=str(exc).splitlines()[0])
         raise ModelError(f"Cannot load '{src}' with transformers: {str(exc).splitlines()[0]}") from exc
     mtype = module.config.model_type
-    if mtype not in HF_MODEL_TYPES:
-        raise ModelError(f"Model type {mtype!r} is not supported; supported: {', '.join(HF_MODEL_TYPES)}.")
+    if mtype not in family.model_types:
+        raise ModelError(f"'{loc.ref}' holds a {mtype!r} model, not one of the {family.name!r} family "
+                         f"({', '.join(family.model_types)}); pass the folder on its own (--model PATH).")
     cfg = module.config
     check_spec(spec, embed_dim=int(cfg.hidden_sizes[-1] if hasattr(cfg, "hidden_sizes") else cfg.hidden_size),
                patch_size=getattr(cfg, "patch_size", None), num_registers=int(getattr(cfg, "num_register_tokens", 0)),
@@ -126,5 +122,6 @@ def load_hf(spec: BackboneSpec, loc: Location, *, device, precision: str, views,
     digest, per_file = files_sha256(weights) if weights else (None, {})
     origin = {"id": spec.hub_id, "path": path, "sha256": digest, "files": per_file,
               "loader": f"transformers.{type(module).__name__}", "library_version": transformers.__version__}
-    cls = HFViTBackbone if HF_MODEL_TYPES[mtype][0] == "vit" else HFConvNextBackbone
-    return cls(spec, module, views or spec.default_views, device=device, precision=precision, origin=origin)
+    cls = HFViTBackbone if family.arch == "vit" else HFConvNextBackbone
+    return cls(spec, module, views or spec.default_views, family=family, device=device, precision=precision,
+               origin=origin)

@@ -1,4 +1,4 @@
-"""``load_backbone``: resolve, then build through the library that owns the architecture."""
+"""``load_backbone``: resolve, then build through the spec's registered family (or a custom factory)."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,10 @@ from typing import Sequence
 
 from embedkit.backbones.base import Backbone, resolve_precision
 from embedkit.backbones.checkpoint import count_params
-from embedkit.backbones.resolve import resolve_backbone, weight_files
-from embedkit.backbones.spec import get_factory
+from embedkit.backbones.families import get_family
+from embedkit.backbones.hub import weight_files
+from embedkit.backbones.registry import get_factory
+from embedkit.backbones.resolve import resolve_backbone
 from embedkit.devices import check_cpu_fallback, resolve_device
 
 
@@ -68,10 +70,6 @@ def load_backbone(model: str | os.PathLike, *, device="cpu", precision: str = "a
     factory = get_factory(spec.name)
     if factory is not None:
         return factory(spec, loc, device=dev, precision=prec, features=views)  # type: ignore[return-value]
-    if spec.source == "timm" or loc.kind == "file":
-        from embedkit.backbones.timm_backbones import load_timm
-
-        return load_timm(spec, loc, device=dev, precision=prec, views=views, allow_download=allow_download)
-    from embedkit.backbones.hf import load_hf
-
-    return load_hf(spec, loc, device=dev, precision=prec, views=views, allow_download=allow_download)
+    family = get_family(spec.loader)
+    return family.load(spec, loc, family=family, device=dev, precision=prec, views=views,
+                       allow_download=allow_download)

@@ -1,4 +1,5 @@
-"""Original Meta DINOv3 ``.pth`` releases (and other bare checkpoint files): spec from tensor shapes, timm build.
+"""The ``original`` family: Meta's DINOv3 ``.pth`` releases (and other bare checkpoint files): spec from tensor
+shapes, timm build.
 
 The ViT releases load through timm's Eva ``checkpoint_filter_fn`` (it recognises DINOv3 by ``storage_tokens``), the
 ConvNeXt releases (Meta's classic ConvNeXt key layout) through timm's ConvNeXt ``checkpoint_filter_fn``; both are
@@ -7,8 +8,9 @@ passed the state dict we read ourselves with ``weights_only=True``.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from embedkit.backbones.checkpoint import (
     DINOV3_CONVNEXT_SIZES,
@@ -16,8 +18,13 @@ from embedkit.backbones.checkpoint import (
     infer_dinov3_arch,
     is_original_dinov3,
     is_original_dinov3_convnext,
+    read_state_dict,
 )
-from embedkit.backbones.spec import CONVNEXT_DEFAULT_VIEWS, IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, find_spec
+from embedkit.backbones.hub import Location
+from embedkit.backbones.registry import find_spec
+from embedkit.backbones.spec import CONVNEXT_DEFAULT_VIEWS, BackboneSpec
+from embedkit.backbones.timm_backbones import build_timm, wrap_timm
+from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
 from embedkit.errors import ModelError
 
 _META_NAME = re.compile(r"dinov3_(vit\w+?|convnext_[a-z]+)_pretrain")
@@ -38,8 +45,6 @@ def read_shapes(path: str | Path) -> dict:
 
         with safe_open(str(path), framework="pt") as fh:
             return {k: _Shape(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    from embedkit.backbones.checkpoint import read_state_dict
-
     return read_state_dict(path)
 
 
@@ -52,23 +57,28 @@ def spec_from_checkpoint(path: Path) -> BackboneSpec:
         Any other layout (the architecture cannot be known from the tensors alone).
     """
     shapes = read_shapes(path)
-    if is_original_dinov3(shapes):
-        arch = infer_dinov3_arch(shapes)
-        spec = BackboneSpec(name=f"dinov3-vit:{path.stem}", source="timm", hub_id=None, embed_dim=arch.embed_dim,
-                            patch_size=arch.patch_size, num_registers=arch.num_registers, mean=IMAGENET_MEAN,
-                            std=IMAGENET_STD, license="dinov3-license", family="vit",
-                            notes="original Meta DINOv3 checkpoint, loaded through timm's Eva checkpoint filter")
-        m = _META_NAME.search(path.name)
-        if m:
-            short = "dinov3-7b" if m.group(1) == "vit7b16" else "dinov3-" + m.group(1).replace("_", "-")
-            known = find_spec(short)
-            if known is not None and known.embed_dim == arch.embed_dim:
-                spec = replace(spec, name=known.name)
-        return spec
-    if is_original_dinov3_convnext(shapes):
-        return _convnext_spec(path, shapes)
-    raise ModelError(f"Cannot tell the architecture of '{path}' from its tensors. Put a config.json next to it "
-                     "(save_pretrained layout), or name the model: `--model MODEL@FILE` / `--model timm:NAME@FILE`.")
+    layout = _layout(shapes)
+    if layout is None:
+        raise ModelError(f"Cannot tell the architecture of '{path}' from its tensors. Put a config.json next to it "
+                         "(save_pretrained layout), or name the model: `--model MODEL@FILE` / "
+                         "`--model timm:NAME@FILE`.")
+    return layout.spec(path, shapes)
+
+
+def _vit_spec(path: Path, shapes: dict) -> BackboneSpec:
+    """Spec of an original DINOv3 ViT file: the registered name when the file name and width say which."""
+    arch = infer_dinov3_arch(shapes)
+    spec = BackboneSpec(name=f"dinov3-vit:{path.stem}", source="timm", hub_id=None, embed_dim=arch.embed_dim,
+                        patch_size=arch.patch_size, num_registers=arch.num_registers, mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD, license="dinov3-license", family="vit", loader="original",
+                        notes="original Meta DINOv3 checkpoint, loaded through timm's Eva checkpoint filter")
+    m = _META_NAME.search(path.name)
+    if m:
+        short = "dinov3-7b" if m.group(1) == "vit7b16" else "dinov3-" + m.group(1).replace("_", "-")
+        known = find_spec(short)
+        if known is not None and known.embed_dim == arch.embed_dim:
+            spec = replace(spec, name=known.name)
+    return spec
 
 
 def timm_kwargs_for_original(sd: dict) -> tuple[str, dict]:
@@ -100,7 +110,7 @@ def _convnext_spec(path: Path, shapes: dict) -> BackboneSpec:
         name=f"{'dinov3-convnext' if dinov3 else 'convnext'}:{path.stem}", source="timm", hub_id=None,
         embed_dim=arch.dims[-1], patch_size=32, num_registers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         license="dinov3-license" if dinov3 else "unknown", family="convnext", default_views=CONVNEXT_DEFAULT_VIEWS,
-        notes=f"original-layout ConvNeXt checkpoint (depths {list(arch.depths)}, widths {list(arch.dims)}), loaded "
+        loader="original", notes=f"original-layout ConvNeXt checkpoint (depths {list(arch.depths)}, widths {list(arch.dims)}), loaded "
               "through timm's ConvNeXt checkpoint filter")
     size = _convnext_size(arch.depths, arch.dims)
     known = find_spec(f"dinov3-convnext-{size}") if dinov3 and size else None
@@ -119,3 +129,46 @@ def timm_kwargs_for_original_convnext(sd: dict) -> tuple[str, dict]:
     size = _convnext_size(arch.depths, arch.dims)
     kwargs = dict(depths=arch.depths, dims=arch.dims, ls_init_value=1e-6 if arch.layerscale else None)
     return f"convnext_{size or 'base'}", kwargs
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One original checkpoint layout: how to recognise it, its spec, and the timm build that loads it."""
+
+    detect: Callable[[dict], bool]
+    spec: Callable[[Path, dict], BackboneSpec]
+    timm_args: Callable[[dict], tuple[str, dict]]
+
+
+_LAYOUTS = (
+    _Layout(is_original_dinov3, _vit_spec, timm_kwargs_for_original),
+    _Layout(is_original_dinov3_convnext, _convnext_spec, timm_kwargs_for_original_convnext),
+)
+
+
+def _layout(tensors: dict) -> _Layout | None:
+    return next((layout for layout in _LAYOUTS if layout.detect(tensors)), None)
+
+
+def load_original(spec: BackboneSpec, loc: Location, *, family, device, precision: str, views,
+                  allow_download: bool = False):
+    """Build an original-format checkpoint (DINOv3 ViT, or ConvNeXt in Meta's classic layout) through timm.
+
+    Raises
+    ------
+    ModelError
+        A file in neither layout (e.g. a transformers ``model.safetensors`` passed as ``MODEL@FILE``), or weights
+        that contradict ``spec``.
+    """
+    files = [Path(loc.weights_file or loc.ref)]
+    sd = read_state_dict(files[0])
+    layout = _layout(sd)
+    if layout is None:
+        raise ModelError(f"'{files[0]}' is not an original-format DINOv3 checkpoint (ViT or ConvNeXt); for a "
+                         "transformers model pass its save_pretrained folder (config.json + model.safetensors) "
+                         "instead.")
+    arch, model_args = layout.timm_args(sd)
+    module = build_timm(arch, sd, precision=precision, device=device, **model_args)
+    del sd
+    return wrap_timm(spec, module, arch=arch, files=files, ident=None, path=str(files[0]), family=family,
+                     device=device, precision=precision, views=views)

@@ -10,129 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from embedkit.backbones.checkpoint import CHECKPOINT_SUFFIXES
-from embedkit.backbones.spec import (
-    CONVNEXT_DEFAULT_VIEWS,
-    HALF_MEAN,
-    HALF_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BackboneSpec,
-    find_spec,
-    is_hub_id,
-    unknown_model_message,
-)
-from embedkit.errors import ModelError, WeightsNotFoundError
+from embedkit.backbones.families import family_for_model_type
+from embedkit.backbones.hub import Location, cached_hub_files, hub_offline, weights_missing
+from embedkit.backbones.registry import find_spec, unknown_model_message
+from embedkit.backbones.spec import CONVNEXT_DEFAULT_VIEWS, BackboneSpec, is_hub_id
+from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
+from embedkit.errors import ModelError
+
+__all__ = ["Location", "resolve_backbone", "spec_from_hf_config", "spec_from_timm", "cached_hub_files", "weight_files"]
 
 logger = logging.getLogger(__name__)
-
-META_DINOV3_FORM = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-# transformers model_type -> (family, licence, default mean/std)
-HF_MODEL_TYPES = {
-    "dinov3_vit": ("vit", "dinov3-license", IMAGENET_MEAN, IMAGENET_STD),
-    "dinov3_convnext": ("convnext", "dinov3-license", IMAGENET_MEAN, IMAGENET_STD),
-    "dinov2": ("vit", "apache-2.0", IMAGENET_MEAN, IMAGENET_STD),
-    "dinov2_with_registers": ("vit", "apache-2.0", IMAGENET_MEAN, IMAGENET_STD),
-    "convnext": ("convnext", "unknown", IMAGENET_MEAN, IMAGENET_STD),
-    "vit": ("vit", "unknown", HALF_MEAN, HALF_STD),
-}
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where the weights of a resolved backbone are.
-
-    Attributes
-    ----------
-    kind : {"hub", "dir", "file", "timm"}
-        A hub repository (transformers), a local directory, a checkpoint file, or a timm model name.
-    ref : str
-        Hub id, absolute path, or timm name (``arch.tag``).
-    weights_file : str or None
-        Local weights file for ``timm``/``file`` kinds (None: look in the hub cache).
-    """
-
-    kind: Literal["hub", "dir", "file", "timm"]
-    ref: str
-    weights_file: str | None = None
-
-
-def hub_offline() -> bool:
-    """Whether the process environment forbids hub access (``HF_HUB_OFFLINE`` set to a true value)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def cached_hub_files(repo: str, *, need_config: bool = True) -> list[Path] | None:
-    """Paths of a repo's config and weight files in the local hub cache, or None if any is missing.
-
-    Never touches the network (``huggingface_hub.try_to_load_from_cache``).
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    def get(name: str) -> Path | None:
-        try:
-            hit = try_to_load_from_cache(repo, name)
-        except Exception:  # noqa: BLE001 - malformed ids etc. mean "not cached"
-            return None
-        return Path(hit) if isinstance(hit, str) else None
-
-    files: list[Path] = []
-    if need_config:
-        cfg = get("config.json")
-        if cfg is None:
-            return None
-        files.append(cfg)
-    for name in (HF_WEIGHT_FILES if need_config else TIMM_WEIGHT_FILES):
-        hit = get(name)
-        if hit is None:
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(hit.read_text())["weight_map"].values()))
-            paths = [get(s) for s in shards]
-            if any(p is None for p in paths):
-                return None
-            return files + [hit] + paths  # type: ignore[list-item]
-        return files + [hit]
-    return None
-
-
-def weight_files(loc: Location) -> list[Path]:
-    """The local weight files of a resolved location (empty when they are not on disk yet).
-
-    Examples
-    --------
-    >>> weight_files(Location(kind="file", ref="/m/dinov3_vit7b16.pth"))
-    [PosixPath('/m/dinov3_vit7b16.pth')]
-    """
-    if loc.weights_file or loc.kind == "file":
-        return [Path(loc.weights_file or loc.ref)]
-    if loc.kind == "dir":
-        folder = Path(loc.ref)
-        return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if loc.kind == "hub":
-        return [f for f in cached_hub_files(loc.ref) or [] if f.suffix in (".safetensors", ".bin")]
-    return [f for f in cached_hub_files(f"timm/{loc.ref}", need_config=False) or [] if f.suffix == ".safetensors"]
-
-
-def weights_missing(spec: BackboneSpec, repo: str, files: tuple[str, ...], *, why: str) -> WeightsNotFoundError:
-    """The one-line error naming the files expected and how to get them (gated DINOv3 steps included)."""
-    want = " + ".join(files)
-    msg = f"Weights for {spec.name!r} ({repo}) are not available locally ({why}; expected {want} in the hub cache)."
-    if spec.gated or "dinov3" in repo.lower():
-        msg += (f" DINOv3 weights are gated: accept the licence on https://huggingface.co/{repo}, run "
-                f"`hf auth login`, then `hf download {repo} --local-dir D` and pass `--model D`; or get the original "
-                f".pth from Meta's form ({META_DINOV3_FORM}) and pass `--model FILE.pth`.")
-    else:
-        msg += f" Run `hf download {repo} --local-dir D` and pass `--model D`,"
-        msg += " or pass --download (allow_download=True) with HF_HUB_OFFLINE unset."
-    return WeightsNotFoundError(msg)
 
 
 def _read_json(path: Path) -> dict:
@@ -152,21 +43,19 @@ def spec_from_hf_config(config: dict, *, name: str, hub_id: str | None = None,
         A ``model_type`` embedkit has no feature views for.
     """
     mtype = config.get("model_type")
-    if mtype not in HF_MODEL_TYPES:
-        raise ModelError(f"Model type {mtype!r} of {name!r} is not supported; supported transformers model types: "
-                         f"{', '.join(HF_MODEL_TYPES)}.")
-    family, licence, mean, std = HF_MODEL_TYPES[mtype]
+    family = family_for_model_type(mtype, what=repr(name))
+    mean, std = family.mean, family.std
     mean_note = "mean/std: model-type default"
     if preprocessor and preprocessor.get("image_mean") and preprocessor.get("image_std"):
         mean, std = tuple(preprocessor["image_mean"]), tuple(preprocessor["image_std"])
         mean_note = "mean/std: preprocessor_config.json"
-    if family == "convnext":
-        return BackboneSpec(name=name, source="transformers", hub_id=hub_id, embed_dim=int(config["hidden_sizes"][-1]),
-                            patch_size=32, num_registers=0, mean=mean, std=std, license=licence, family="convnext",
-                            default_views=CONVNEXT_DEFAULT_VIEWS, notes=f"model_type {mtype}; {mean_note}")
-    return BackboneSpec(name=name, source="transformers", hub_id=hub_id, embed_dim=int(config["hidden_size"]),
-                        patch_size=int(config["patch_size"]), num_registers=int(config.get("num_register_tokens", 0)),
-                        mean=mean, std=std, license=licence, family="vit", notes=f"model_type {mtype}; {mean_note}")
+    common = dict(name=name, source="transformers", hub_id=hub_id, mean=mean, std=std, license=family.license,
+                  loader=family.name, notes=f"model_type {mtype}; {mean_note}")
+    if family.arch == "convnext":
+        return BackboneSpec(**common, embed_dim=int(config["hidden_sizes"][-1]), patch_size=32, num_registers=0,
+                            family="convnext", default_views=CONVNEXT_DEFAULT_VIEWS)
+    return BackboneSpec(**common, embed_dim=int(config["hidden_size"]), patch_size=int(config["patch_size"]),
+                        num_registers=int(config.get("num_register_tokens", 0)), family="vit")
 
 
 def spec_from_timm(name: str, *, model_args: dict | None = None, cfg: dict | None = None,
@@ -193,10 +82,6 @@ def spec_from_timm(name: str, *, model_args: dict | None = None, cfg: dict | Non
                         num_registers=int(model.num_prefix_tokens) - int(getattr(model, "cls_token", None) is not None),
                         mean=mean, std=std,
                         license=pcfg.get("license", "unknown"), family="vit")
-
-
-def _timm_is_vit(name: str) -> bool:
-    return name.startswith(("vit_", "eva", "test_vit", "deit"))
 
 
 def resolve_backbone(name_or_path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
@@ -240,7 +125,10 @@ def resolve_backbone(name_or_path: str | os.PathLike, *, weights: str | os.PathL
             raise ModelError(f"Weights file '{wfile}' does not exist.")
         spec, loc = resolve_backbone(text, allow_download=allow_download)
         ref = spec.hub_id or loc.ref
-        return spec, Location("timm" if spec.source == "timm" else "file", ref, str(wfile))
+        if spec.source == "timm":
+            return spec, Location("timm", ref, str(wfile))
+        # A transformers model's weights as one file: Meta's original release layout (checked when loading).
+        return replace(spec, loader="original"), Location("file", ref, str(wfile))
     path = Path(text).expanduser()
     if path.exists():
         return _resolve_path(path.resolve())

@@ -1,5 +1,6 @@
-"""timm backbones: ViTs (VisionTransformer, Eva incl. DINOv3 and original Meta checkpoints) and ConvNeXts (incl.
-original DINOv3 ConvNeXt checkpoints).
+"""The timm loader (the ``timm`` family): ViTs (VisionTransformer, Eva incl. DINOv3) and ConvNeXts, from
+``timm:NAME`` (hub cache or a weights file) or a timm folder; :func:`build_timm` and :func:`wrap_timm` also serve
+the ``original`` family (:mod:`embedkit.backbones.original`).
 
 Weights are always read by embedkit (safetensors, or ``torch.load(weights_only=True)``) and handed to timm as a
 state dict, so timm applies its architecture's checkpoint filter (position-embedding resampling, DINOv3 key
@@ -14,16 +15,12 @@ from pathlib import Path
 from embedkit.backbones.base import TorchBackbone, check_spec
 from embedkit.backbones.checkpoint import read_state_dict
 from embedkit.backbones.hashing import files_sha256
-from embedkit.backbones.resolve import Location, cached_hub_files, hub_offline, weights_missing
+from embedkit.backbones.hub import Location, cached_hub_files, hub_offline, weights_missing
 from embedkit.backbones.spec import BackboneSpec
 from embedkit.backbones.views import compute_convnext_views, compute_vit_views, plan_convnext_views, plan_vit_views
 from embedkit.errors import ModelError, WeightsNotFoundError
 
 logger = logging.getLogger(__name__)
-
-_TIMM_POOLED = ("forward_head(pre_logits=True) (timm ConvNeXt): head.norm of the global average of the last stage "
-                "map")
-
 
 class TimmViTBackbone(TorchBackbone):
     """timm VisionTransformer / Eva (DINOv3: built with ``global_pool='token'``, the upstream CLS pooling)."""
@@ -58,10 +55,10 @@ class TimmConvNextBackbone(TorchBackbone):
 
     channels_last = True
 
-    def __init__(self, spec, module, views, **kw):
+    def __init__(self, spec, module, views, *, pooled: str, **kw):
         self._stages = module.stages
         dims = [int(f["num_chs"]) for f in module.feature_info]
-        plan = plan_convnext_views(views, stage_dims=dims, pooled=_TIMM_POOLED)
+        plan = plan_convnext_views(views, stage_dims=dims, pooled=pooled)
         super().__init__(spec, module, plan, **kw)
         last = len(self._stages) - 1
         self._capture_stages(self._stages, plan.stages,
@@ -93,7 +90,7 @@ def _kwargs(arch: str, kwargs: dict) -> dict:
     return kwargs
 
 
-def _create(arch: str, sd: dict, *, precision: str, device, pretrained_cfg: dict | None = None, **kwargs):
+def build_timm(arch: str, sd: dict, *, precision: str, device, pretrained_cfg: dict | None = None, **kwargs):
     """Build ``arch`` on the meta device and load ``sd`` (consumed: emptied) straight into the storage dtype on
     ``device``.
 
@@ -147,11 +144,16 @@ def _first(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, views, allow_download: bool):
-    """Build a timm backbone from ``timm:NAME`` (hub cache or a weights file), a timm folder, or an original
-    DINOv3 checkpoint."""
-    import timm
+def load_timm(spec: BackboneSpec, loc: Location, *, family, device, precision: str, views, allow_download: bool):
+    """Build a timm backbone from ``timm:NAME`` (hub cache or a weights file) or a timm folder.
 
+    Raises
+    ------
+    ModelError
+        A location timm cannot build from, or weights that do not fit the architecture.
+    WeightsNotFoundError
+        Weights not cached and downloading not allowed, or a timm folder without weights.
+    """
     model_args: dict = {}
     pretrained_cfg = None
     if loc.kind == "timm":
@@ -168,7 +170,7 @@ def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, view
                 from huggingface_hub import hf_hub_download
 
                 files = [Path(hf_hub_download(repo, "model.safetensors"))]
-        module = _create(arch, read_state_dict(files[-1]), precision=precision, device=device)
+        module = build_timm(arch, read_state_dict(files[-1]), precision=precision, device=device)
         ident, path = arch, (str(files[-1]) if loc.weights_file else None)
     elif loc.kind == "dir":
         folder = Path(loc.ref)
@@ -180,33 +182,37 @@ def load_timm(spec: BackboneSpec, loc: Location, *, device, precision: str, view
         model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
         pretrained_cfg = dict(config.get("pretrained_cfg", {}))
         pretrained_cfg.setdefault("architecture", arch)
-        module = _create(arch, read_state_dict(files[0]), precision=precision, device=device,
-                         pretrained_cfg=pretrained_cfg, **model_args)
+        module = build_timm(arch, read_state_dict(files[0]), precision=precision, device=device,
+                            pretrained_cfg=pretrained_cfg, **model_args)
         ident, path = None, str(folder)
-    else:  # an original-format DINOv3 checkpoint (ViT, or ConvNeXt in Meta's classic layout)
-        from embedkit.backbones.checkpoint import is_original_dinov3, is_original_dinov3_convnext
-        from embedkit.backbones.original import timm_kwargs_for_original, timm_kwargs_for_original_convnext
+    else:
+        raise ModelError(f"A timm model needs a timm name or a timm folder (config.json with 'architecture'); got "
+                         f"{loc.kind} '{loc.ref}'.")
+    return wrap_timm(spec, module, arch=arch, files=files, ident=ident, path=path, family=family, device=device,
+                     precision=precision, views=views)
 
-        files = [Path(loc.weights_file or loc.ref)]
-        sd = read_state_dict(files[0])
-        if is_original_dinov3(sd):
-            arch, model_args = timm_kwargs_for_original(sd)
-        elif is_original_dinov3_convnext(sd):
-            arch, model_args = timm_kwargs_for_original_convnext(sd)
-        else:
-            raise ModelError(f"'{files[0]}' is not an original-format DINOv3 checkpoint (ViT or ConvNeXt); for a "
-                             "transformers model pass its save_pretrained folder (config.json + model.safetensors) "
-                             "instead.")
-        module = _create(arch, sd, precision=precision, device=device, **model_args)
-        del sd
-        ident, path = None, str(files[0])
+
+def wrap_timm(spec: BackboneSpec, module, *, arch: str, files: list[Path], ident: str | None, path: str | None,
+              family, device, precision: str, views):
+    """Check a built timm module against ``spec`` and wrap it as a ViT or ConvNeXt backbone (provenance included).
+
+    Raises
+    ------
+    ModelError
+        Shapes that contradict ``spec``, or a module that is neither a ViT nor a ConvNeXt.
+    """
+    import timm
+
     patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
     check_spec(spec, embed_dim=int(module.num_features), num_registers=_registers(module),
                patch_size=int(patch[0]) if isinstance(patch, (tuple, list)) else patch, where=str(files[0]))
     digest, per_file = files_sha256(files)
     origin = {"id": ident, "path": path, "sha256": digest, "files": per_file,
               "loader": f"timm.{type(module).__name__}({arch})", "library_version": timm.__version__}
-    cls = TimmViTBackbone if _is_vit(module) else TimmConvNextBackbone
-    if cls is TimmConvNextBackbone and not hasattr(module, "stages"):
+    views = views or spec.default_views
+    if _is_vit(module):
+        return TimmViTBackbone(spec, module, views, device=device, precision=precision, origin=origin)
+    if not hasattr(module, "stages"):
         raise ModelError(f"timm model {arch!r} is neither a ViT nor a ConvNeXt; embedkit has no views for it.")
-    return cls(spec, module, views or spec.default_views, device=device, precision=precision, origin=origin)
+    return TimmConvNextBackbone(spec, module, views, pooled=family.pooled, device=device, precision=precision,
+                                origin=origin)

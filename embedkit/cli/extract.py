@@ -1,5 +1,8 @@
 """``embedkit extract`` and ``embedkit cache-images``: thin wrappers over :mod:`embedkit.extract.run`.
 
+Each command builds the engine's options dataclass (:class:`~embedkit.extract.options.ExtractOptions`,
+:class:`~embedkit.extract.options.CacheOptions`), which checks every value, and passes it on.
+
 Progress (img/s, ETA) goes to stderr on rank 0; the summary to stdout (``--json``: one document). Errors from the
 library become ``error: <msg>`` + exit 2 in ``embedkit.cli.main``; ``--strict`` turns unreadable images into exit 1.
 """
@@ -9,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from embedkit.cli._common import bad_parameter, print_json
+from embedkit.cli._common import print_json
 from embedkit.data.adapters import adapter_names  # the registry only: no pandas
 
 _DATA_HELP = f"Manifest CSV, ADAPTER:ROOT ({adapter_names()}) or an image cache (.zarr)."
@@ -83,20 +86,20 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Embed every image of DATA with MODEL into a Zarr store (resumable; torchrun/Slurm scale-out)."""
-        if batch_size < 1:
-            raise bad_parameter("batch_size", "extract", "an int >= 1", batch_size)
         from embedkit.extract.dist import detect_env
+        from embedkit.extract.options import ExtractOptions
         from embedkit.extract.run import run_extract
         from embedkit.progress import Progress
 
+        options = ExtractOptions(
+            res=res, features=_split_list(features), preprocess=preprocess, resize=resize, batch_size=batch_size,
+            workers=workers, device=device, precision=precision, dtype=dtype, limit=limit, labels=_labels_arg(labels),
+            uncertain=uncertain, views=views, split=split, compile=compile, rows_per_shard=rows_per_shard,
+            allow_download=download,
+        )
         env = detect_env()
         with Progress("extract", enabled=env.is_main) as bar:
-            report = run_extract(
-                model, data, out, res=res, features=_split_list(features), preprocess=preprocess, resize=resize,
-                batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
-                limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
-                compile=compile, rows_per_shard=rows_per_shard, progress=bar, env=env, allow_download=download,
-            )
+            report = run_extract(model, data, out, options, progress=bar, env=env)
         if env.is_main:
             _summary(report, as_json=as_json, strict=strict, verb="extracted")
 
@@ -120,15 +123,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Decode and preprocess DATA once into uint8 images (N, R, R) that 'extract --data CACHE' reads directly."""
         from embedkit.extract.dist import detect_env
+        from embedkit.extract.options import CacheOptions
         from embedkit.extract.run import run_cache_images
         from embedkit.progress import Progress
 
+        options = CacheOptions(
+            res=res, preprocess=preprocess, resize=resize, batch_size=batch_size, workers=workers, limit=limit,
+            labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split, unit_rows=unit_rows,
+        )
         env = detect_env()
         with Progress("cache-images", enabled=env.is_main) as bar:
-            report = run_cache_images(
-                data, out, res=res, preprocess=preprocess, resize=resize, batch_size=batch_size, workers=workers,
-                limit=limit, labels=_labels_arg(labels), uncertain=uncertain, views=views, split=split,
-                unit_rows=unit_rows, progress=bar, env=env,
-            )
+            report = run_cache_images(data, out, options, progress=bar, env=env)
         if env.is_main:
             _summary(report, as_json=as_json, strict=strict, verb="cached")

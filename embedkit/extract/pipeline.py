@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from embedkit.errors import ExtractionError
 from embedkit.extract.dist import DistEnv, ProcessGroup, detect_env
+from embedkit.extract.options import PREPROCESS, RESIZE, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -77,37 +78,10 @@ class ExtractReport:
         return d
 
 
-def resolve_device(device: str, env: DistEnv) -> Any:
-    """``auto`` -> CUDA if available, else CPU; each rank uses ``cuda:LOCAL_RANK``.
-
-    Raises
-    ------
-    ExtractionError
-        ``cuda`` asked for where there is none, or an unknown name.
-    """
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ExtractionError(f"The 'device' parameter of extract must be 'auto', 'cpu' or 'cuda'. Got {device!r}.")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ExtractionError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
-        return torch.device("cuda", env.local_rank % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
 def default_workers(kind: str) -> int:
     """Loader workers: decoding needs cores; cache reads need one process ahead of the model."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 1 if kind == "cache" else max(1, min(8, cpus - 1))
-
-
-def _check_int(name: str, value: Any, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ExtractionError(f"The '{name}' parameter of extract must be an int >= {lo}. Got {value!r}.")
-    return value
 
 
 def _now() -> str:
@@ -188,25 +162,14 @@ def peak_rss_mb() -> tuple[float, float]:
     return own, kids
 
 
-def validate_common(*, resolution: int, batch_size: int, workers: int | None, dtype: str | None = None) -> None:
-    """Argument checks shared by extract and cache-images (scikit-learn-style messages)."""
-    _check_int("res", resolution, 8)
-    _check_int("batch_size", batch_size)
-    if workers is not None:
-        _check_int("workers", workers, 0)
-    if dtype is not None and dtype not in ("float16", "float32"):
-        raise ExtractionError(f"The 'dtype' parameter of extract must be 'float16' or 'float32'. Got {dtype!r}.")
-
-
 def make_preset_for(preprocess: str, *, resolution: int, mean: Sequence[float], std: Sequence[float],
                     resize: Literal["pad", "stretch"]) -> Any:
-    """The data layer's preset, with our argument names checked first."""
+    """The data layer's preset, with our argument names checked first (the rule of
+    :class:`~embedkit.extract.options.ImageOptions`, for callers without options, e.g. finetune)."""
     from embedkit.data import make_preset
 
-    if preprocess not in ("model", "paper"):
-        raise ExtractionError(f"The 'preprocess' parameter of extract must be 'model' or 'paper'. Got {preprocess!r}.")
-    if resize not in ("pad", "stretch"):
-        raise ExtractionError(f"The 'resize' parameter of extract must be 'pad' or 'stretch'. Got {resize!r}.")
+    check_choice("preprocess", preprocess, PREPROCESS)
+    check_choice("resize", resize, RESIZE)
     if preprocess == "paper":
         # The reference protocol feeds x/255 on three channels, without mean/std and always stretched.
         return make_preset("paper", resolution=resolution)
@@ -236,6 +199,6 @@ def gpu_peak_mb(device: Any) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def new_group(env: DistEnv | None, device_type: str) -> ProcessGroup:
-    """The barrier group for this run."""
-    return ProcessGroup(env or detect_env(), device=device_type)
+def new_group(env: DistEnv | None, device_type: str = "cpu") -> ProcessGroup:
+    """The barrier group for this run (gloo whatever the device: barriers need no GPU)."""
+    return ProcessGroup(env or detect_env())

@@ -1,47 +1,36 @@
-"""The two entry points behind ``embedkit extract`` and ``embedkit cache-images`` (and :mod:`embedkit.api`)."""
+"""The two entry points behind ``embedkit extract`` and ``embedkit cache-images`` (and :mod:`embedkit.api`).
+
+Both take their options as one frozen, self-validating dataclass (:class:`~embedkit.extract.options.ExtractOptions`,
+:class:`~embedkit.extract.options.CacheOptions`); keyword options build it, so ``run_extract(m, d, o, res=512)``
+and ``run_extract(m, d, o, ExtractOptions(res=512))`` are the same call.
+"""
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from embedkit.constants import IMAGENET_MEAN, IMAGENET_STD
 from embedkit.errors import ExtractionError
 from embedkit.extract import pipeline as P
 from embedkit.extract.dist import DistEnv, detect_env
+from embedkit.extract.options import CacheOptions, ExtractOptions, build_options, with_options_signature
 from embedkit.extract.source import check_cache_matches, open_source, uint8_params
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
+@with_options_signature(ExtractOptions)
 def run_extract(
     model: str | Any,
     data: str,
     out: str | Path,
+    options: ExtractOptions | None = None,
     *,
-    res: int,
-    features: Sequence[str] | None = None,
-    preprocess: Literal["model", "paper"] = "model",
-    resize: Literal["pad", "stretch"] = "pad",
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto",
-    dtype: Literal["float16", "float32"] = "float16",
-    limit: int | None = None,
-    labels: str | Sequence[str] = "full",
-    uncertain: str = "zeros",
-    views: str = "frontal",
-    split: str | None = None,
-    compile: bool = False,
-    rows_per_shard: int | None = None,
     progress: P.ProgressHook | None = None,
     env: DistEnv | None = None,
-    allow_download: bool = False,
+    **fields: Any,
 ) -> P.ExtractReport:
     """Embed every pending row of DATA with MODEL into the store at OUT (resumable, multi-rank).
 
@@ -54,30 +43,16 @@ def run_extract(
         Manifest CSV, ``ADAPTER:ROOT`` or an image cache directory.
     out : str or Path
         Store directory; an existing store with the same provenance is resumed.
-    res : int
-        Square input side R.
-    features : sequence of str, optional
-        Feature views (default: the backbone family's defaults).
-    preprocess, resize : str
-        Preset name and how non-square images become square.
-    batch_size, workers : int
-        Images per forward; loader processes (None = automatic).
-    device, precision : str
-        ``auto`` picks CUDA + bf16 autocast when a GPU is present, else CPU + fp32; ``bf16-weights`` also casts
-        the weights to bf16 (halves memory; for the 7B).
-    dtype : {"float16", "float32"}
-        Stored dtype of the features.
-    limit : int, optional
-        First N rows only.
-    labels, uncertain, views, split
-        Manifest policies (ignored for image caches, where they were fixed at cache time).
-    compile : bool
-        ``torch.compile`` the backbone's forward.
-    rows_per_shard : int, optional
-        Rows per work unit of a new store (the store's default otherwise).
+    options : ExtractOptions, optional
+        Every option (resolution, preset, batching, device, precision, dtype, manifest policies...); see
+        :class:`~embedkit.extract.options.ExtractOptions`. With a loaded backbone, ``device``/``precision``/
+        ``features`` are the backbone's own. The manifest policies are ignored for image caches (fixed at cache
+        time).
     progress : callable(done, total), optional
     env : DistEnv, optional
         Rank layout (default: read from torchrun/Slurm variables).
+    **fields
+        The options as keywords (``res=512, batch_size=64``), when ``options`` is not given.
 
     Returns
     -------
@@ -92,25 +67,31 @@ def run_extract(
     from embedkit.backbones import load_backbone
     from stores import EmbeddingStore
 
-    P.validate_common(resolution=res, batch_size=batch_size, workers=workers, dtype=dtype)
-    if precision not in ("auto", "fp32", "bf16", "bf16-weights"):
-        raise ExtractionError("The 'precision' parameter of extract must be 'auto', 'fp32', 'bf16' or 'bf16-weights'. "
-                              f"Got {precision!r}.")
+    opts: ExtractOptions = build_options(ExtractOptions, options, fields)  # type: ignore[assignment]
+    res, dtype = opts.res, opts.dtype
+    EmbeddingStore.check_path(out)  # a foreign --out is refused before the model is loaded or anything written
     env = env or detect_env()
     loaded = hasattr(model, "embed")
-    dev = model.device if loaded else P.resolve_device(device, env)
-    source = open_source(data, labels=labels, uncertain=uncertain, views=views, split=split, limit=limit)
-    bb = model if loaded else load_backbone(model, device=dev, precision=precision,
-                                            features=list(features) if features else None,
-                                            allow_download=allow_download)
-    if compile:
+    source = open_source(data, **opts.policies())
+    # load_backbone owns the device rule: this rank's visible GPU, and no silent CPU fallback for a 7B.
+    bb = model if loaded else load_backbone(model, device=opts.device, local_rank=env.local_rank,
+                                            precision=opts.precision,
+                                            features=list(opts.features) if opts.features else None,
+                                            allow_download=opts.allow_download)
+    dev = bb.device
+    # Caught before the store is created; HF DINOv2 ignores the partial patches (the study's 512/1024 runs).
+    if bb.spec.family == "vit" and res % bb.spec.patch_size and not getattr(bb, "ignores_partial_patches", False):
+        raise ExtractionError(f"The 'res' parameter of extract must be a multiple of the patch size "
+                              f"{bb.spec.patch_size} of {bb.spec.name!r}. Got {res}.")
+    if opts.compile:
         _compile(bb)
-    preset = P.make_preset_for(preprocess, resolution=res, mean=bb.spec.mean, std=bb.spec.std, resize=resize)
-    pre_block = P.preset_block(preprocess, preset)
+    preset = P.make_preset_for(opts.preprocess, resolution=res, mean=bb.spec.mean, std=bb.spec.std,
+                               resize=opts.resize)
+    pre_block = P.preset_block(opts.preprocess, preset)
     check_cache_matches(source, resolution=res, preprocess=pre_block)
     used_precision = _precision_label(bb, dev)
     provenance = {
-        "backbone": bb.provenance(),
+        "backbone": bb.provenance(resolution=res),  # + input_geometry: patch grid, ignored pixels (ViTs)
         "resolution": int(res),
         "preprocess": pre_block,
         "views": {k: {"dim": int(d), "definition": bb.view_definitions.get(k, k)} for k, d in bb.views.items()},
@@ -124,11 +105,10 @@ def run_extract(
         label_names=source.label_names or None, split=None if source.split is None else list(source.split),
         metadata=source.metadata or None, dtype=dtype, rank=0, world_size=env.world_size,
     )
-    if rows_per_shard is not None:
-        P.validate_common(resolution=res, batch_size=rows_per_shard, workers=None)
-        create_kwargs.update(rows_per_shard=rows_per_shard, rows_per_chunk=_chunk_rows(rows_per_shard))
+    if opts.rows_per_shard is not None:
+        create_kwargs.update(rows_per_shard=opts.rows_per_shard, rows_per_chunk=_chunk_rows(opts.rows_per_shard))
     out = Path(out)
-    workers = P.default_workers(source.kind) if workers is None else workers
+    workers = P.default_workers(source.kind) if opts.workers is None else opts.workers
     with P.new_group(env, dev.type) as group:
         store = P.open_sink(
             lambda: EmbeddingStore.open_or_create(out, **create_kwargs),
@@ -142,7 +122,7 @@ def run_extract(
         mapper = EmbedMapper(bb, preset, dev)
         t0 = time.perf_counter()
         stats, skipped = P.run_sink(
-            store, source=source, mapper=mapper, resolution=res, preset=preset, batch_size=batch_size,
+            store, source=source, mapper=mapper, resolution=res, preset=preset, batch_size=opts.batch_size,
             workers=workers, pin_memory=dev.type == "cuda", lag=1 if dev.type == "cuda" else 0, env=env,
             progress=progress,
         )
@@ -156,27 +136,20 @@ def run_extract(
     return report
 
 
+@with_options_signature(CacheOptions)
 def run_cache_images(
     data: str,
     out: str | Path,
+    options: CacheOptions | None = None,
     *,
-    res: int,
-    preprocess: Literal["model", "paper"] = "model",
-    resize: Literal["pad", "stretch"] = "pad",
-    batch_size: int = 32,
-    workers: int | None = None,
-    limit: int | None = None,
-    labels: str | Sequence[str] = "full",
-    uncertain: str = "zeros",
-    views: str = "frontal",
-    split: str | None = None,
-    unit_rows: int = 256,
     progress: P.ProgressHook | None = None,
     env: DistEnv | None = None,
+    **fields: Any,
 ) -> P.ExtractReport:
     """Decode + preprocess DATA once into an image cache at OUT (resumable, multi-rank).
 
-    Parameters are those of :func:`run_extract` that concern the images; ``unit_rows`` is the cache's work unit.
+    Parameters are those of :func:`run_extract`, with :class:`~embedkit.extract.options.CacheOptions` (the image
+    options plus ``unit_rows``, the cache's work unit) as ``options`` or keywords.
 
     Returns
     -------
@@ -191,27 +164,30 @@ def run_cache_images(
     from embedkit.extract.engine import ImageMapper
     from stores.image_cache import ImageCache
 
-    P.validate_common(resolution=res, batch_size=batch_size, workers=workers)
+    opts: CacheOptions = build_options(CacheOptions, options, fields)  # type: ignore[assignment]
+    res = opts.res
+    ImageCache.check_path(out)  # a foreign --out is refused before anything is decoded or written
     env = env or detect_env()
-    source = open_source(data, labels=labels, uncertain=uncertain, views=views, split=split, limit=limit)
+    source = open_source(data, **opts.policies())
     if source.kind == "cache":
         raise ExtractionError(f"'{data}' is already an image cache; pass the manifest it was written from.")
     # mean/std only matter to to_tensor, which a cache never applies; they are left out of its provenance.
-    preset = P.make_preset_for(preprocess, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=resize)
+    preset = P.make_preset_for(opts.preprocess, resolution=res, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                               resize=opts.resize)
     provenance = {
         "kind": "image_cache",
         "resolution": int(res),
-        "preprocess": uint8_params(P.preset_block(preprocess, preset)),
+        "preprocess": uint8_params(P.preset_block(opts.preprocess, preset)),
         "dataset": dict(source.spec, n_rows=source.n_rows),
         **P.base_provenance(),
     }
     create_kwargs = dict(
         ids=list(source.ids), resolution=res, provenance=provenance, labels=source.labels,
         label_names=source.label_names or None, split=None if source.split is None else list(source.split),
-        metadata=source.metadata or None, unit_rows=unit_rows, rank=0, world_size=env.world_size,
+        metadata=source.metadata or None, unit_rows=opts.unit_rows, rank=0, world_size=env.world_size,
     )
     out = Path(out)
-    workers = P.default_workers("files") if workers is None else workers
+    workers = P.default_workers("files") if opts.workers is None else opts.workers
     dev = torch.device("cpu")
     with P.new_group(env, "cpu") as group:
         cache = P.open_sink(
@@ -221,7 +197,8 @@ def run_cache_images(
         )
         t0 = time.perf_counter()
         stats, skipped = P.run_sink(
-            cache, source=source, mapper=ImageMapper(res), resolution=res, preset=preset, batch_size=batch_size,
+            cache, source=source, mapper=ImageMapper(res), resolution=res, preset=preset,
+            batch_size=opts.batch_size,
             workers=workers, pin_memory=False, lag=0, env=env, progress=progress,
         )
         seconds = time.perf_counter() - t0

@@ -107,3 +107,17 @@ def test_help_texts_list_the_registries():
         assert spec.name in manifest_help and spec.name in extract_help
     index_help = _help("index")
     assert all(kind in index_help for kind in KINDS)
+
+
+def test_probe_head_option_is_generated_from_the_registry(tmp_path):
+    from typer.testing import CliRunner
+
+    from embedkit.cli.main import app
+
+    result = CliRunner().invoke(app, ["probe", "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    for spec in list_heads():
+        assert f"{spec.name}: {' '.join(spec.description.split())}" in text
+    bad = CliRunner().invoke(app, ["probe", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "run"), "--head", "svm"])
+    assert bad.exit_code == 2 and " | ".join(HEADS) in " ".join(bad.output.replace("│", " ").split())

@@ -50,6 +50,11 @@ class _Preset:
     def to_uint8(self, img):
         return (np.resize(img, (8, 8)) * 255).round().astype(np.uint8)
 
+    def load(self, path):
+        from embedkit.data import decode_image
+
+        return self.to_uint8(decode_image(path))
+
 
 def _pngs(tmp_path, n, bad=()):
     from PIL import Image
