@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from probes.adjust import ADJUST_METHODS, Adjust, adjust_pvalues
 from probes.bootstrap import paired_compare
 from probes.errors import PairingError, ProbeError
 from probes.metrics import roc_curve
@@ -380,7 +381,7 @@ def display_names(paths: Sequence[Path]) -> list[str]:
             depth[i] += 1
 
 
-def compare_runs(runs: Sequence[RunRecord], *, reference: RunRecord | None = None) -> dict:
+def compare_runs(runs: Sequence[RunRecord], *, reference: RunRecord | None = None, adjust: Adjust = "holm") -> dict:
     """Summary rows per run and paired statistics of each run against the reference.
 
     Parameters
@@ -389,19 +390,34 @@ def compare_runs(runs: Sequence[RunRecord], *, reference: RunRecord | None = Non
     reference : RunRecord, optional
         Matched to ``runs`` by resolved path (any spelling of the same directory); added first when absent.
         Default: the first run.
+    adjust : {"holm", "bh", "none"}
+        Multiple-comparison adjustment (:func:`probes.adjust.adjust_pvalues`) of the two-sided p-values. Two
+        families: the run-level p-values (one per non-reference run), and the per-label p-values (every run x
+        label). Each row gets ``p_adjusted``, ``adjust`` and ``n_boot`` (the resamples behind its p-value).
 
     Returns
     -------
     dict
-        ``reference`` (display name), ``runs`` (one row each: display name, dataset, backbone, initialization,
-        image_size, head, features, mean AUROC with CI, paired delta / CI / p against the reference),
-        ``per_label`` (delta rows). Repeated leaf names are shown with their parents (``runA/frac1-seed0``).
+        ``reference`` (display name), ``adjust``, ``runs`` (one row each: display name, dataset, backbone,
+        initialization, image_size, head, features, mean AUROC with CI, paired delta / CI / p / adjusted p against
+        the reference), ``per_label`` (delta rows). Repeated leaf names are shown with their parents
+        (``runA/frac1-seed0``).
 
     Raises
     ------
     PairingError
         If a run's labels, test ids, test label values or resamples differ from the reference's.
+    ProbeError
+        An unknown ``adjust`` method.
+
+    Examples
+    --------
+    >>> doc = compare_runs([load_run("runs/a"), load_run("runs/b")], adjust="bh")  # doctest: +SKIP
+    >>> doc["runs"][1]["p_adjusted"]                                              # doctest: +SKIP
     """
+    if adjust not in ADJUST_METHODS:
+        raise ProbeError(f"The 'adjust' parameter of compare must be one of {', '.join(ADJUST_METHODS)}. "
+                         f"Got {adjust!r}.")
     if not runs:
         raise ProbeError("compare needs at least one run directory.")
     runs = list(runs)
@@ -444,7 +460,24 @@ def compare_runs(runs: Sequence[RunRecord], *, reference: RunRecord | None = Non
                                    "ci_high": st["ci_high"][k], "p_run_le_ref": st["p_a_le_b"][k],
                                    "p_ref_le_run": st["p_b_le_a"][k], "p_two_sided": st["p_two_sided"][k]})
         rows.append(row)
-    return {"reference": ref_name, "runs": rows, "per_label": label_rows}
+    _adjust_family([r for r in rows if not r["is_reference"]], adjust)
+    _adjust_family(label_rows, adjust)
+    n_boot = None if ref.boot_auroc is None else int(ref.boot_auroc.shape[0])
+    for r in rows:
+        r.update({"n_boot": n_boot, "adjust": None if r["is_reference"] else adjust})
+        r.setdefault("p_adjusted", None)
+    for r in label_rows:
+        r.update({"n_boot": n_boot, "adjust": adjust})
+    return {"reference": ref_name, "adjust": adjust, "runs": rows, "per_label": label_rows}
+
+
+def _adjust_family(rows: list[dict], method: Adjust) -> None:
+    """Set ``p_adjusted`` of ``rows`` from their ``p_two_sided``, adjusted as one family (None for a NaN p)."""
+    if not rows:
+        return
+    raw = np.array([np.nan if r.get("p_two_sided") is None else float(r["p_two_sided"]) for r in rows])
+    for r, q in zip(rows, adjust_pvalues(raw, method)):
+        r["p_adjusted"] = float(q) if np.isfinite(q) else None
 
 
 def forest_plot(path: Path, rows: list[dict], title: str = "Mean AUROC [95% CI]") -> None:

@@ -3,7 +3,9 @@
 Runs of any kind (probe, finetune ...) pair only when their labels, test ids, test label values and bootstrap
 resamples are identical; otherwise the comparison is refused with the first difference named
 (:func:`probes.report.check_pairing`). The reference is matched by resolved path, so another spelling of a run's
-directory is that run, never a second copy of it.
+directory is that run, never a second copy of it. The paired two-sided p-values are adjusted for multiple
+comparisons (:mod:`probes.adjust`; Holm by default) and every table and file carries both, with the bootstrap's
+``n_boot`` so a p-value of 0 can be shown as ``<1/n_boot``.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
 COMPARE_COLUMNS = ("run", "kind", "dataset", "initialization", "backbone", "image_size", "head", "features",
                    "label_fraction", "seed", "auroc", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high",
-                   "p_run_le_ref", "p_ref_le_run", "p_two_sided", "is_reference")
+                   "p_run_le_ref", "p_ref_le_run", "p_two_sided", "p_adjusted", "adjust", "n_boot", "is_reference")
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,20 @@ class CompareResult:
         Per-label deltas of each run against the reference.
     out : Path or None
         Where compare.json, compare.csv, per_label_deltas.csv and forest.png were written.
+    adjust : {"holm", "bh", "none"}
+        The multiple-comparison adjustment behind each row's ``p_adjusted`` (run-level p-values are one family,
+        per-label p-values another).
     """
 
     reference: str
     runs: list[dict]
     per_label: list[dict]
     out: Path | None = None
+    adjust: str = "holm"
 
     def to_dict(self) -> dict:
         """The ``compare.json`` document."""
-        return {"reference": self.reference, "runs": self.runs, "per_label": self.per_label}
+        return {"reference": self.reference, "adjust": self.adjust, "runs": self.runs, "per_label": self.per_label}
 
 
 def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -58,7 +65,7 @@ def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def compare(runs: Sequence[str | Path], *, reference: str | Path | None = None,
-            out: str | Path | None = None) -> CompareResult:
+            out: str | Path | None = None, adjust: Literal["holm", "bh", "none"] = "holm") -> CompareResult:
     """Compare finished runs against a reference on their shared test set.
 
     Parameters
@@ -69,6 +76,10 @@ def compare(runs: Sequence[str | Path], *, reference: str | Path | None = None,
         The run the others are tested against (default: the first); added when not among ``runs``.
     out : str or Path, optional
         Folder for compare.json, compare.csv, per_label_deltas.csv and forest.png.
+    adjust : {"holm", "bh", "none"}
+        Multiple-comparison adjustment of the paired two-sided p-values (``p_adjusted``): Holm (family-wise error)
+        by default, Benjamini-Hochberg (false discovery rate), or none. The run-level p-values form one family,
+        the per-label p-values another.
 
     Returns
     -------
@@ -79,18 +90,19 @@ def compare(runs: Sequence[str | Path], *, reference: str | Path | None = None,
     PairingError
         Runs with different labels, test ids, test label values or resamples (the first difference is named).
     ProbeError
-        A path that is not a finished run.
+        A path that is not a finished run, or an unknown ``adjust``.
 
     Examples
     --------
-    >>> compare(["runs/a", "runs/b"], reference="runs/a").runs[1]["p_two_sided"]  # doctest: +SKIP
+    >>> compare(["runs/a", "runs/b"], reference="runs/a", adjust="bh").runs[1]["p_adjusted"]  # doctest: +SKIP
     """
     from probes.report import compare_runs, forest_plot, load_run, to_json, write_csv
 
     records = [load_run(p) for p in expand_runs(runs)]
     ref = load_run(reference) if reference is not None else None
-    doc = compare_runs(records, reference=ref)
-    result = CompareResult(doc["reference"], doc["runs"], doc["per_label"], None if out is None else Path(out))
+    doc = compare_runs(records, reference=ref, adjust=adjust)
+    result = CompareResult(doc["reference"], doc["runs"], doc["per_label"], None if out is None else Path(out),
+                           adjust=doc["adjust"])
     if result.out is not None:
         result.out.mkdir(parents=True, exist_ok=True)
         (result.out / "compare.json").write_text(to_json(result.to_dict()) + "\n")

@@ -165,6 +165,17 @@ def check_compatible(run_identity: dict, train_prov: dict | None, st, store: str
         raise PredictError(f"Store '{store}' has {features} of dimension {dim}; the head expects {in_dim}.")
 
 
+def _check_image_source(data: str) -> None:
+    """Refuse, before anything is written, data that is neither a store nor an existing image source."""
+    from embedkit.data.adapters import parse_data
+
+    src = parse_data(data)  # an unknown adapter is refused here, by name
+    if not src.root.exists():
+        what = f"The root of '{data}'" if src.adapter else f"'{data}'"
+        raise DataError(f"{what} does not exist. --data takes an embedding store, a manifest CSV, ADAPTER:ROOT or "
+                        "an image cache.")
+
+
 def _embed(data: str, out: Path, metrics: dict, train_prov: dict | None, *, features: str, model: str | None,
            batch_size: int, device: str, say) -> Path:
     """Embed images with the run's backbone and preprocessing into ``out/embeddings.zarr``."""
@@ -174,8 +185,10 @@ def _embed(data: str, out: Path, metrics: dict, train_prov: dict | None, *, feat
     bb = (train_prov or {}).get("backbone") or {}
     model = model or bb.get("path") or bb.get("id") or ident.get("backbone_id")
     if not model:
-        raise PredictError("The run's training store is gone and its backbone has no hub id, so the images cannot "
-                           "be embedded like the training data. Pass --model with the backbone the run used.")
+        why = ("The run's training store is gone and the run records no hub id" if train_prov is None else
+               f"The run's backbone {bb.get('name')!r} records no hub id or path")
+        raise PredictError(f"{why}, so the images cannot be embedded like the training data. Pass --model with the "
+                           "backbone the run used.")
     pre = (train_prov or {}).get("preprocess") or {}
     target = out / "embeddings.zarr"
     say(f"embedding {data} with {model} @{ident.get('image_size')} (preset {ident.get('preprocess')}) -> {target}")
@@ -257,13 +270,21 @@ def predict(
     record = load_run(run)
     metrics = record.metrics
     t0 = time.perf_counter()
-    if metrics.get("kind") == "finetune":
-        from embedkit.app.predict_finetune import finetuned_scores
+    created = not out.exists()
+    try:
+        if metrics.get("kind") == "finetune":
+            from embedkit.app.predict_finetune import finetuned_scores
 
-        sc = finetuned_scores(Path(run), metrics, str(data), out, device=device, batch_size=batch_size, say=tell)
-    else:
-        sc = _probe_scores(Path(run), metrics, data, out, model=model, batch_size=batch_size, device=device,
-                           say=tell)
+            sc = finetuned_scores(Path(run), metrics, str(data), out, device=device, batch_size=batch_size,
+                                  say=tell)
+        else:
+            sc = _probe_scores(Path(run), metrics, data, out, model=model, batch_size=batch_size, device=device,
+                               say=tell)
+    except BaseException:
+        # Data that could not be read leaves no empty OUT behind; begun embeddings are kept (a re-run resumes them).
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     sc.seconds = time.perf_counter() - t0
     if not sc.filled.all():
         tell(f"{int((~sc.filled).sum())} of {len(sc.ids)} rows have no features or image (unreadable or pending); "
@@ -316,6 +337,7 @@ def _probe_scores(run: Path, metrics: dict, data, out: Path, *, model, batch_siz
     if _is_store(data):
         store = Path(data)
     else:
+        _check_image_source(str(data))
         out.mkdir(parents=True, exist_ok=True)
         store = _embed(str(data), out, metrics, train_prov, features=head.features, model=model,
                        batch_size=batch_size, device=device, say=say)
@@ -359,7 +381,7 @@ def _evaluate(out: Path, sc: Scored, metrics: dict, matched, head_only, data_onl
     has_test = bool(((split == "test") & filled).any())
     use_test = rows == "test" or (rows == "auto" and has_test)
     if rows == "test" and not has_test:
-        raise DataError(f"Store '{store}' has no test split; use rows='all' to score every labelled row.")
+        raise DataError(f"Store '{store}' has no test split; use --rows all (rows='all') to score every labelled row.")
     scored = filled & (split == "test" if use_test else True) & ~np.isnan(y).all(axis=1)
     sel = np.flatnonzero(scored)
     test_rows = sel[np.argsort(ids[sel], kind="stable")]

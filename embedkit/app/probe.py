@@ -104,6 +104,8 @@ def probe(
     allow_partial: bool = False,
     allow_leak: bool = False,
     overwrite: bool = False,
+    subgroups: bool = True,
+    age_bands: Sequence[float] = (0, 40, 60, 80),
     say: Callable[[str], None] | None = None,
 ) -> ProbeResult:
     """Train probe heads on a store's features; evaluate each on the test split with bootstrap CIs.
@@ -153,6 +155,12 @@ def probe(
         Go on when a patient or study sits in two splits.
     overwrite : bool
         Replace finished runs.
+    subgroups : bool
+        After each run is written, add its subgroup metrics (AUROC/AP per sex, age band, view and source dataset
+        from the store's metadata; :func:`embedkit.app.subgroups.add_subgroups`): ``subgroups.csv`` and a
+        ``subgroups`` block in ``metrics.json``. A resumed sub-run without them gets them.
+    age_bands : sequence of float
+        Lower bounds of the subgroup age bands (increasing, >= 0).
     say : callable(str), optional
         Receives each message meant for the user (default: the module logger).
 
@@ -194,6 +202,10 @@ def probe(
         raise bad_option("seeds", "an integer >= 1", seeds)
     if n_boot < 1:
         raise bad_option("n_boot", "an integer >= 1", n_boot)
+    if subgroups:
+        from probes.subgroups import age_band_labels
+
+        age_band_labels(age_bands)  # a bad band list is refused before any run is trained
     out = Path(out)
     if (out / "metrics.json").exists() and not overwrite and len(fractions) * seeds == 1:
         raise DataError(f"Run directory '{out}' already holds a finished run. Use --overwrite or another --out.")
@@ -229,15 +241,31 @@ def probe(
                 from probes.report import load_run
 
                 tell(f"{run_dir} is done; skipping (resume)")
-                docs.append(load_run(run_dir).metrics)
+                done = load_run(run_dir).metrics
+                if subgroups and "subgroups" not in done:
+                    done["subgroups"] = _subgroups(run_dir, store, age_bands, tell)
+                docs.append(done)
                 continue
             tell(f"probe {head} on {features}: fraction {frac:g}, seed {s} ...")
             docs.append(_one_run(data, run_dir, head=head, frac=frac, seed=s, plan=plan, plan_path=plan_path,
                                  thresholds=thresholds, youden_rule=recipe.youden_rule, device=dev,
                                  options=recipe.head_options,
                                  meta=meta, load_s=load_s, overwrite=overwrite, tell=tell))
+            if subgroups:
+                docs[-1]["subgroups"] = _subgroups(run_dir, store, age_bands, tell)
     summary = write_summary(out, docs) if multi else None
     return ProbeResult(out=out, runs=docs, summary=summary, notes=notes)
+
+
+def _subgroups(run_dir: Path, store: str | Path, age_bands: Sequence[float], tell) -> dict | None:
+    """Subgroup metrics of a written run (also in its metrics.json and subgroups.csv)."""
+    from embedkit.app.subgroups import add_subgroups
+
+    block = add_subgroups(run_dir, store=store, age_bands=age_bands)
+    axes = sorted((block or {}).get("axes", {}))
+    tell(f"subgroups ({', '.join(axes) or 'no sex / age / view / dataset metadata in the store'}): "
+         f"{run_dir / 'subgroups.csv'}")
+    return block
 
 
 def _device(device: str) -> str:

@@ -266,7 +266,7 @@ def _run_cell(grid: Grid, st: Stage, tell) -> None:
         ek.probe(store, st.path, head=arm.head, features=features, label_fractions=arm.label_fractions,
                        seeds=arm.seeds, n_boot=p["n_boot"], boot_seed=p["boot_seed"], bootstrap=p["bootstrap"],
                        protocol=arm.protocol, head_options=dict(arm.options), device=s["device"],
-                       overwrite=not arm.curves)
+                       overwrite=not arm.curves, subgroups=False)  # added below, with the study's min_count
         run_dirs = [st.path] if not arm.curves else sorted(d.parent for d in st.path.glob("*/metrics.json"))
     else:
         model = grid.stores[(st.dataset, st.resolution, st.backbone)].params["model"]

@@ -3,7 +3,7 @@
 :func:`add_subgroups` works on any finished run directory (probe, finetune or predict): it reads the run's test ids,
 labels (``test_labels.csv``), scores (``predictions.csv``) and bootstrap plan, looks the rows up in the store, and
 writes ``subgroups.csv`` plus a ``subgroups`` block in ``metrics.json`` (rewritten atomically). The study calls it on
-every cell; ``probe`` and ``finetune`` can call it after writing a run.
+every cell and ``probe`` after writing each run; ``finetune`` can call it the same way.
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def add_subgroups(run_dir: str | Path, *, store: str | Path | None = None,
     run_dir : str or Path
         A run directory with ``metrics.json``, ``test_labels.csv`` and ``predictions.csv``.
     store : str or Path, optional
-        The embedding store holding the test rows' metadata (default: the store recorded in ``metrics.json``).
+        The embedding store or image cache holding the test rows' metadata (default: the store recorded in
+        ``metrics.json``, else an image cache ``run_dir/images`` such as a finetune of images writes).
     age_bands : sequence of float
         Lower bounds of the age bands.
     min_count : int
@@ -113,11 +114,12 @@ def add_subgroups(run_dir: str | Path, *, store: str | Path | None = None,
     from probes.report import to_json
     from probes.subgroups import subgroup_metrics
     from stores import EmbeddingStore
+    from stores.image_cache import ImageCache
 
     run_dir = Path(run_dir)
     mpath = run_dir / "metrics.json"
     metrics = json.loads(mpath.read_text())
-    store = store or (metrics.get("store") or {}).get("path")
+    store = store or (metrics.get("store") or {}).get("path") or (run_dir / "images")
     if not store or not Path(store).exists():
         logger.info("%s: no store with metadata known; subgroups skipped", run_dir)
         return None
@@ -127,8 +129,11 @@ def add_subgroups(run_dir: str | Path, *, store: str | Path | None = None,
     y = np.array([[float(r[k]) if r[k] != "" else np.nan for k in labels] for r in test], dtype=np.float64)
     preds = {r["id"]: r for r in _read_csv(run_dir / "predictions.csv")}
     s = np.array([[float(preds[i][k]) for k in labels] for i in ids], dtype=np.float64)
-    with EmbeddingStore.open(store, "r") as st:
+    st = ImageCache.open(store) if ImageCache.is_cache(store) else EmbeddingStore.open(store, "r")
+    try:
         axes = store_axes(st, ids, age_bands=age_bands)
+    finally:
+        st.close()
     plan = _plan_for(run_dir, metrics, ids)
     doc = subgroup_metrics(y.reshape(len(ids), len(labels)), s.reshape(len(ids), len(labels)), axes,
                            label_names=labels, plan=plan, min_count=min_count)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from embedkit.cli._common import bad_parameter, check_out, only_entries, out_console, print_json
+from embedkit.cli.predict import parse_age_bands
 
 COMPARE_FILES = ("compare.json", "compare.csv", "per_label_deltas.csv", "forest.png")
 
@@ -61,6 +62,24 @@ def _print_run_table(doc: dict) -> None:
     out_console().print(t)
 
 
+def _print_subgroups(block: dict, path: Path) -> None:
+    """Mean AUROC [95% CI] per subgroup (the per-label rows are in subgroups.csv)."""
+    from rich.table import Table
+
+    t = Table(title="Subgroups: mean AUROC over labels",
+              caption=f"per-label rows and AP: {path}; * = fewer than {block.get('min_count')} positives or "
+                      "negatives for some label (unstable estimate)")
+    for col in ("axis", "group", "n", "mean AUROC", "95% CI"):
+        t.add_column(col, justify="left" if col in ("axis", "group") else "right")
+    for axis, groups in block.get("axes", {}).items():
+        for g, e in groups.items():
+            m = e["mean"]
+            t.add_row(axis, g + (" *" if m.get("small") else ""), str(e["n"]), _fmt(m["auroc"]),
+                      f"[{_fmt(m['auroc_ci_low'])}, {_fmt(m['auroc_ci_high'])}]")
+    if t.row_count:
+        out_console().print(t)
+
+
 def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
@@ -76,21 +95,30 @@ def _print_summary(summary: dict) -> None:
 def _print_compare(result) -> None:
     from rich.table import Table
 
-    t = Table(title=f"Mean AUROC [95% CI]; paired bootstrap against the reference, {result.reference}")
-    for col in ("run", "data: model @res", "head on features", "mean AUROC [95% CI]", "Δ vs ref [95% CI]", "p"):
+    from probes.adjust import format_p
+
+    t = Table(title=f"Mean AUROC [95% CI]; paired bootstrap against the reference, {result.reference}",
+              caption=f"p: two-sided paired bootstrap; p adj: {result.adjust} over the {len(result.runs) - 1} "
+                      "run-level comparison(s); per-label p-values (another family) in --out / --json")
+    for col in ("run", "data: model @res", "head on features", "mean AUROC [95% CI]", "Δ vs ref [95% CI]", "p",
+                f"p adj ({result.adjust})"):
         t.add_column(col, overflow="fold")
     for r in result.runs:
         delta = "reference" if r["is_reference"] else (
             f"{_fmt(r['delta'])} [{_fmt(r['delta_ci_low'])}, {_fmt(r['delta_ci_high'])}]")
-        p = "" if r["is_reference"] else _fmt(r["p_two_sided"], 3)
+        p = "" if r["is_reference"] else format_p(r["p_two_sided"], r["n_boot"])
+        p_adj = "" if r["is_reference"] else format_p(r["p_adjusted"], r["n_boot"])
         t.add_row(r["run"], f"{r['dataset']}: {r['initialization']}/{r['backbone']} @{r['image_size']}",
                   f"{r['head']} on {r['features']}",
-                  f"{_fmt(r['auroc'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]", delta, p)
+                  f"{_fmt(r['auroc'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]", delta, p, p_adj)
     out_console().print(t)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``probe`` and ``compare``."""
+    from probes.heads import head_help, list_heads  # the registry only: no numpy, torch or scikit-learn
+
+    heads = tuple(h.name for h in list_heads())
 
     @app.command("probe")
     def probe_cmd(
@@ -100,8 +128,7 @@ def register(app: typer.Typer) -> None:
             None, "--protocol", help="A recipe: 'paper' (the reference study: mean_tokens, its MLP recipe, strict "
                                      "Youden) or 'modern'. Explicit options override it and are recorded."),
         head: Optional[str] = typer.Option(
-            None, "--head", help="linear | mlp | knn | sklearn (sklearn: float32 reference, small stores only) "
-                                 "[the protocol's, else linear]."),
+            None, "--head", help=f"{' | '.join(heads)} [the protocol's, else linear]. {head_help()}."),
         features: Optional[str] = typer.Option(
             None, "--features",
             help="A store view or a '+' concatenation (cls+mean_patch) [the protocol's, else cls]."),
@@ -135,17 +162,23 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (linear and mlp heads)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the head, the subsample and a made split."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
+        age_bands: str = typer.Option("0,40,60,80", "--age-bands",
+                                      help="Lower bounds of the subgroup age bands (subgroups.csv)."),
+        no_subgroups: bool = typer.Option(False, "--no-subgroups",
+                                          help="Skip the subgroup metrics (sex, age band, view, source dataset)."),
         json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
     ) -> None:
-        """Train a probe head on stored features and evaluate it on the test split with bootstrap CIs."""
+        """Train a probe head on stored features and evaluate it on the test split with bootstrap CIs; subgroup
+        metrics (sex, age band, view, source dataset) go to subgroups.csv."""
         from embedkit.app.probe import probe
 
-        _choice("head", head, ("linear", "mlp", "knn", "sklearn"))
+        _choice("head", head, heads)
         _choice("bootstrap", bootstrap, ("auto", "patients", "images"))
         _choice("thresholds", thresholds, ("val", "youden-test"))
         _choice("split-unit", split_unit, ("patient", "study", "image"))
         _choice("protocol", protocol, ("paper", "modern"))
         fractions = _parse_fractions(label_fraction)
+        bands = parse_age_bands(age_bands, "probe")
         # Several fractions/seeds resume into their sub-runs; one run is replaced only on --overwrite.
         check_out(out, noun="probe run", is_ours=_is_probe_output,
                   overwrite=None if len(fractions) * seeds > 1 else overwrite)
@@ -160,12 +193,15 @@ def register(app: typer.Typer) -> None:
             seed=seed, n_boot=n_boot, bootstrap=bootstrap, boot_seed=boot_seed, boot_dir=boot_dir,
             thresholds=thresholds, protocol=protocol,
             head_options={"lr": lr, "batch_size": batch_size, "epochs": epochs}, device=device,
-            split_unit=split_unit, allow_partial=allow_partial, allow_leak=allow_leak, overwrite=overwrite, say=say)
+            split_unit=split_unit, allow_partial=allow_partial, allow_leak=allow_leak, overwrite=overwrite,
+            subgroups=not no_subgroups, age_bands=bands, say=say)
         if json_out:
             print_json(result.summary if result.summary is not None else result.runs[0])
             return
         for doc in result.runs:
             _print_run_table(doc)
+        if len(result.runs) == 1 and result.runs[0].get("subgroups"):
+            _print_subgroups(result.runs[0]["subgroups"], out / "subgroups.csv")
         if result.summary is not None:
             _print_summary(result.summary)
 
@@ -176,14 +212,20 @@ def register(app: typer.Typer) -> None:
                                                  help="Run the others are tested against [the first]."),
         out: Optional[Path] = typer.Option(None, "--out",
                                            help="Write compare.json, compare.csv, per_label_deltas.csv, forest.png."),
+        adjust: str = typer.Option("holm", "--adjust",
+                                   help="Multiple-comparison adjustment of the p-values: holm (family-wise error), "
+                                        "bh (false discovery rate) or none. Run-level and per-label p-values are "
+                                        "adjusted as two families."),
         json_out: bool = typer.Option(False, "--json", help="Print the comparison as one JSON document."),
     ) -> None:
         """Mean AUROC [95% CI] per run, paired bootstrap tests against a reference, per-label deltas."""
         from embedkit.app.compare import compare
 
+        if adjust not in ("holm", "bh", "none"):
+            raise bad_parameter("adjust", "compare", "holm | bh | none", adjust)
         if out is not None:
             check_out(out, noun="comparison folder", is_ours=only_entries(*COMPARE_FILES))
-        result = compare(runs, reference=reference, out=out)
+        result = compare(runs, reference=reference, out=out, adjust=adjust)
         if json_out:
             print_json(result.to_dict())
             return

@@ -132,3 +132,42 @@ def test_runs_of_another_kind_compare_and_json_is_strict(tmp_path, arrays):
     assert result["runs"][1]["kind"] == "finetune" and result["runs"][1]["p_two_sided"] is not None
     assert to_json({"a": float("nan"), "b": [np.float32(np.inf)], "c": np.int64(2)}, indent=None) == \
         '{"a": null, "b": [null], "c": 2}'
+
+
+def _hand_holm(p):
+    """Holm's step-down by hand: sort, multiply the i-th smallest by (m - i), running max, cap at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, p[i] * (len(p) - rank)))
+        out[i] = running
+    return out
+
+
+def test_compare_adjusts_run_and_label_p_values_as_two_holm_families(tmp_path, arrays):
+    _run(tmp_path, arrays, "ref")
+    _run(tmp_path, arrays, "n1", noise=0.6)
+    _run(tmp_path, arrays, "n2", noise=1.2)
+    _run(tmp_path, arrays, "n3", noise=3.0)
+    runs = [load_run(tmp_path / n) for n in ("ref", "n1", "n2", "n3")]
+    result = compare_runs(runs)
+    assert result["adjust"] == "holm"
+    others = [r for r in result["runs"] if not r["is_reference"]]
+    raw = [r["p_two_sided"] for r in others]
+    assert len(set(raw)) > 1 and max(raw) > 0  # a family whose adjustment is not trivial
+    assert [r["p_adjusted"] for r in others] == pytest.approx(_hand_holm(raw))
+    assert all(r["adjust"] == "holm" and r["n_boot"] == 100 for r in others)
+    ref_row = result["runs"][0]
+    assert ref_row["is_reference"] and ref_row["p_adjusted"] is None and ref_row["adjust"] is None
+    # The per-label p-values (3 runs x 3 labels) are one family of nine.
+    labels = result["per_label"]
+    assert len(labels) == 9
+    assert [r["p_adjusted"] for r in labels] == pytest.approx(_hand_holm([r["p_two_sided"] for r in labels]))
+    assert all(a["p_adjusted"] >= a["p_two_sided"] for a in labels)
+    # 'none' leaves them equal; 'bh' never exceeds Holm.
+    plain = compare_runs(runs, adjust="none")
+    assert all(r["p_adjusted"] == r["p_two_sided"] for r in plain["runs"][1:] + plain["per_label"])
+    bh = compare_runs(runs, adjust="bh")
+    assert all(b["p_adjusted"] <= h["p_adjusted"] + 1e-12 for b, h in zip(bh["per_label"], labels))
+    with pytest.raises(ProbeError, match="'adjust' parameter of compare must be one of holm, bh, none"):
+        compare_runs(runs, adjust="bonferroni")

@@ -26,12 +26,12 @@ LABELS = ["Atelectasis", "Effusion", "Nodule"]
 N, D = 300, 8
 
 
-def _make_store(path: Path, *, split: bool = True, n: int = N) -> Path:
+def _make_store(path: Path, *, split: bool = True, n: int = N, resolution: int = 32) -> Path:
     from stores import EmbeddingStore
 
     x, y = make_multilabel_features(n, 2 * D, len(LABELS), rank=4, signal=2.5, seed=0, missing=0.0)
     prov = {"backbone": {"name": "synthetic", "source": "test", "id": None, "path": None, "sha256": None},
-            "resolution": 32, "preprocess": {"preset": "model"},
+            "resolution": resolution, "preprocess": {"preset": "model"},
             "views": {"cls": {"dim": D}, "mean_patch": {"dim": D}}, "dtype": "float32", "precision": "fp32",
             "dataset": {"spec": "synthetic", "n_rows": n}, "embedkit_version": "0.1.0"}
     sp = ["train"] * (n - 2 * (n // 5)) + ["val"] * (n // 5) + ["test"] * (n // 5) if split else None
@@ -75,6 +75,16 @@ def inputs(tmp_path_factory):
     r = invoke("probe", store, "--out", run, "--n-boot", "20", "--head", "knn")
     if r.exit_code != 0:  # the probe command is another module's; its own tests report its failures
         run = None
+    linear = root / "runs" / "lin"
+    r = invoke("probe", store, "--out", linear, "--n-boot", "20", "--head", "sklearn", "--no-subgroups")
+    if r.exit_code != 0:
+        linear = None
+    store64 = _make_store(root / "s64.zarr", resolution=64)
+    from embedkit.study.config import EXAMPLE
+
+    (root / "study.toml").write_text(EXAMPLE)
+    (root / "study_bad.toml").write_text("[study]\nresolutions = [32, 64\n")
+    (root / "study_unknown_key.toml").write_text("resolutionz = [32]\n" + EXAMPLE)
     (root / "vec_text.npy").write_text("not a numpy file")
     np.save(root / "vec_wrong.npy", np.zeros(D + 3, np.float32))
     np.save(root / "vec_2d.npy", np.zeros((2, D), np.float32))
@@ -82,7 +92,8 @@ def inputs(tmp_path_factory):
     (root / "bad.csv").write_text("a,b\n1,2\n")
     (root / "empty.csv").write_text("")
     return {"store": store, "nosplit": nosplit, "noindex": noindex, "few": few, "foreign": foreign, "garbled": garbled, "gi": garbled_index,
-            "manifest": manifest, "model": model, "run": run, "root": root, "image": manifest.parent / "images"}
+            "manifest": manifest, "model": model, "run": run, "root": root, "image": manifest.parent / "images",
+            "linear": linear, "store64": store64}
 
 
 # (id, command line with {placeholders}, the output path to check). Placeholders: the module inputs above, plus
@@ -212,6 +223,29 @@ CASES = [
     ("finetune-bad-mode", FT + " --out {new} --mode sideways --epochs 1 --limit 4", "{new}"),
     ("finetune-bad-protocol", FT + " --out {new} --protocol legacy --epochs 1 --limit 4", "{new}"),
     ("finetune-out-file", FT + " --out {file} --epochs 1 --limit 4", "{file}"),
+    # --- study (a configuration error runs nothing and creates nothing)
+    ("study-missing-config", "study {root}/none.toml --out {new}", "{new}"),
+    ("study-config-is-folder", "study {root} --out {new}", "{new}"),
+    ("study-bad-toml", "study {root}/study_bad.toml --out {new}", "{new}"),
+    ("study-unknown-key", "study {root}/study_unknown_key.toml --out {new}", "{new}"),
+    ("study-only-matches-nothing", "study {root}/study.toml --out {new} --only nothing/*", "{new}"),
+    ("study-dry-run-bad-toml", "study {root}/study_bad.toml --out {new} --dry-run", "{new}"),
+    ("study-missing-out", "study {root}/study.toml", None),
+    ("study-out-foreign-folder", "study {root}/study.toml --out {thesis}", "{thesis}"),
+    ("study-out-file", "study {root}/study.toml --out {file}", "{file}"),
+    # --- predict
+    ("predict-missing-run", "predict {root}/none --data {store} --out {new}", "{new}"),
+    ("predict-not-a-run", "predict {thesis} --data {store} --out {new}", "{new}"),
+    ("predict-knn-run-has-no-head", "predict {run} --data {store} --out {new}", "{new}"),
+    ("predict-mismatched-store", "predict {linear} --data {store64} --out {new}", "{new}"),
+    ("predict-missing-data", "predict {linear} --data {root}/none.zarr --out {new}", "{new}"),
+    ("predict-unknown-adapter", "predict {linear} --data foo:{root} --out {new}", "{new}"),
+    ("predict-bad-rows", "predict {linear} --data {store} --out {new} --rows some", "{new}"),
+    ("predict-bad-age-bands", "predict {linear} --data {store} --out {new} --age-bands 60,40", "{new}"),
+    ("predict-rows-test-without-split", "predict {linear} --data {nosplit} --out {new} --rows test", "{new}"),
+    ("predict-out-foreign-folder", "predict {linear} --data {store} --out {thesis}", "{thesis}"),
+    ("predict-out-file", "predict {linear} --data {store} --out {file}", "{file}"),
+    ("predict-out-is-the-run", "predict {linear} --data {store} --out {linear}", "{linear}"),
     # --- models / demo
     ("models-unknown-option", "models --all", None),
     ("models-extra-argument", "models dinov3", None),
@@ -253,8 +287,8 @@ def test_bad_input_is_one_error_line_and_exit_2(inputs, tmp_path, monkeypatch, c
     monkeypatch.chdir(work)  # '.' and '..' refer to folders of this test
     if line.startswith("finetune") and "finetune" not in {c.name for c in app.registered_commands}:
         pytest.skip("no 'finetune' command in this build")
-    if "{run}" in line and inputs["run"] is None:
-        pytest.skip("'embedkit probe' could not make the run these cases compare")
+    if ("{run}" in line and inputs["run"] is None) or ("{linear}" in line and inputs["linear"] is None):
+        pytest.skip("'embedkit probe' could not make the run these cases use")
     env = dict(inputs, new=tmp_path / "new.zarr", thesis=thesis, file=afile)
     out_path = Path(_fill(out, env)) if out else None
     before = _snapshot(out_path) if out_path else None

@@ -26,7 +26,7 @@ def _provenance(name: str, resolution: int, dim: int) -> dict:
 
 
 def _make_store(path, *, name="dinov3-vitb16", resolution=512, noise=0.0, split=SPLIT, seed=0, patients=True,
-                studies=None, y=None, filled=N, dataset_column=None):
+                studies=None, y=None, filled=N, dataset_column=None, demographics=False):
     from stores import EmbeddingStore
 
     d = 16
@@ -41,6 +41,10 @@ def _make_store(path, *, name="dinov3-vitb16", resolution=512, noise=0.0, split=
         meta["study_id"] = list(studies)
     if dataset_column is not None:
         meta["dataset"] = [dataset_column] * N
+    if demographics:  # per patient: sex (with some unknown), age (one missing), view per image
+        meta["sex"] = [("M", "F", "")[(i // 2) % 3] for i in range(N)]
+        meta["age"] = [float("nan") if i // 2 == 7 else float(18 + (i // 2) % 75) for i in range(N)]
+        meta["view"] = [("PA", "AP")[i % 2] for i in range(N)]
     st = EmbeddingStore.create(path, ids=ids, views={"cls": d, "mean_patch": d},
                                provenance=_provenance(name, resolution, d), labels=y, label_names=LABELS,
                                split=None if split is None else list(split), metadata=meta or None,
@@ -247,3 +251,80 @@ def test_probe_rejects_bad_options(tmp_path, stores_dir):
     assert "bootstrap" in _one_error_line(r)
     r = _invoke("probe", stores_dir["a"], "--out", tmp_path / "x", "--split-unit", "ward")
     assert "split-unit" in _one_error_line(r)
+
+
+def _hand_holm(p):
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, p[i] * (len(p) - rank)))
+        out[i] = running
+    return out
+
+
+def test_compare_adjusts_p_values_in_every_table_and_file(tmp_path, stores_dir):
+    runs = tmp_path / "runs"
+    stores = {"a": stores_dir["a"], "b": stores_dir["b"],
+              "c": _make_store(tmp_path / "c.zarr", name="dinov3-vits16", noise=8.0, seed=2)}
+    for key, path in stores.items():
+        r = _invoke("probe", path, "--out", runs / key, "--head", "sklearn", "--n-boot", 100, "--no-subgroups")
+        assert r.exit_code == 0, r.output
+        assert not (runs / key / "subgroups.csv").exists()
+    cmp_dir = tmp_path / "cmp"
+    r = _invoke("compare", runs / "a", runs / "b", runs / "c", "--out", cmp_dir, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["adjust"] == "holm" and res == json.loads((cmp_dir / "compare.json").read_text())
+    others = res["runs"][1:]
+    assert [row["p_adjusted"] for row in others] == pytest.approx(_hand_holm([row["p_two_sided"] for row in others]))
+    labels = res["per_label"]
+    assert len(labels) == 6
+    assert [row["p_adjusted"] for row in labels] == pytest.approx(_hand_holm([row["p_two_sided"] for row in labels]))
+    csv_rows = list(csv.DictReader(open(cmp_dir / "compare.csv")))
+    assert {"p_two_sided", "p_adjusted", "adjust", "n_boot"} <= set(csv_rows[0])
+    assert [float(row["p_adjusted"]) for row in csv_rows[1:]] == pytest.approx([row["p_adjusted"] for row in others])
+    assert csv_rows[0]["p_adjusted"] == "" and csv_rows[1]["adjust"] == "holm" and csv_rows[1]["n_boot"] == "100"
+    deltas = list(csv.DictReader(open(cmp_dir / "per_label_deltas.csv")))
+    assert [float(row["p_adjusted"]) for row in deltas] == pytest.approx([row["p_adjusted"] for row in labels])
+    # The printed table shows both; a p of 0 from 100 resamples (run c, near chance) is '<0.01', never '0.000'.
+    assert others[1]["p_two_sided"] == 0.0 and others[1]["n_boot"] == 100
+    table = _invoke("compare", runs / "a", runs / "b", runs / "c")
+    assert table.exit_code == 0 and "p adj" in table.output and "(holm)" in table.output, table.output
+    assert "<0.01" in table.output and "0.000" not in table.output, table.output
+    plain = json.loads(_invoke("compare", runs / "a", runs / "b", runs / "c", "--adjust", "none", "--json").stdout)
+    assert plain["adjust"] == "none"
+    assert all(row["p_adjusted"] == row["p_two_sided"] for row in plain["runs"][1:] + plain["per_label"])
+    bh = json.loads(_invoke("compare", runs / "a", runs / "b", runs / "c", "--adjust", "bh", "--json").stdout)
+    assert all(b["p_adjusted"] <= h["p_adjusted"] + 1e-12 for b, h in zip(bh["per_label"], labels))
+    assert "adjust" in _one_error_line(_invoke("compare", runs / "a", runs / "b", "--adjust", "bonferroni"))
+
+
+def test_probe_writes_subgroups_whose_counts_sum_to_the_test_set(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    store = _make_store(tmp_path / "demo.zarr", demographics=True, dataset_column="nih")
+    out = tmp_path / "run"
+    r = _invoke("probe", store, "--out", out, "--head", "sklearn", "--n-boot", 50, "--age-bands", "0,40,60,80")
+    assert r.exit_code == 0, r.output
+    assert "Subgroups" in r.stdout and "subgroups.csv" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    sub = m["subgroups"]
+    assert set(sub["axes"]) == {"sex", "age", "view", "dataset"} and sub["age_bands"] == [0, 40, 60, 80]
+    for axis, groups in sub["axes"].items():
+        assert sum(g["n"] for g in groups.values()) == m["n"]["test"] == 120, axis
+    assert set(sub["axes"]["age"]) == {"0-39", "40-59", "60-79", "80+"}
+    assert set(sub["axes"]["sex"]) == {"F", "M", "unknown"}
+    rows = list(csv.DictReader(open(out / "subgroups.csv")))
+    assert {(row["axis"], row["group"]) for row in rows if row["label"] == "macro_avg"} == \
+        {(a, g) for a, gs in sub["axes"].items() for g in gs}
+    # One subgroup AUROC against scikit-learn on the same rows (test rows of the PA view, label Effusion).
+    test = list(csv.DictReader(open(out / "test_labels.csv")))
+    preds = {row["id"]: row for row in csv.DictReader(open(out / "predictions.csv"))}
+    pa = [row for row in test if int(row["id"][3:]) % 2 == 0 and row["Effusion"] != ""]
+    want = roc_auc_score([int(row["Effusion"]) for row in pa], [float(preds[row["id"]]["Effusion"]) for row in pa])
+    got = sub["axes"]["view"]["PA"]["per_label"]["Effusion"]["auroc"]
+    assert got == pytest.approx(want, abs=1e-9)
+    ci = sub["axes"]["view"]["PA"]["per_label"]["Effusion"]
+    assert ci["auroc_ci_low"] <= got <= ci["auroc_ci_high"]
+    line = _one_error_line(_invoke("probe", store, "--out", tmp_path / "bad", "--age-bands", "60,40"))
+    assert "age-bands" in line and not (tmp_path / "bad").exists()
