@@ -1,4 +1,4 @@
-"""Layout helpers of the embedding store: argument validation, group creation, format checks (see FORMAT.md)."""
+"""Layout helpers of the unit-ledger artefacts: argument validation, group creation, format checks (FORMAT.md)."""
 from __future__ import annotations
 
 import re
@@ -9,11 +9,19 @@ from typing import Any
 import numpy as np
 import zarr
 
+from stores._provenance import fingerprint
 from stores._zarrio import fast_pipeline
 from stores.errors import FormatVersionError, StoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code opens (version 1: see FORMAT.md, "Version 1").
+READABLE_VERSIONS = (1, 2)
 DOC_KEY = "embedkit_store"
+CACHE_KEY = "embedkit_image_cache"
+#: One vocabulary of array names (version 2, both kinds).
+NAMES = {"filled": "filled", "failures": "failures", "ledger": "ledger", "meta": "meta"}
+#: The version-1 image cache named three of them differently.
+_V1_CACHE_NAMES = {"filled": "filled", "failures": "failure", "ledger": "done", "meta": "metadata"}
 DTYPES = ("float16", "float32")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _STATIC_CHUNK_ROWS = 65536  # write-once arrays (ids, split, metadata, labels): written by the creator only
@@ -30,17 +38,34 @@ def check_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def check_doc(path: Path, attrs: Mapping) -> None:
-    doc = attrs.get(DOC_KEY)
+def array_names(kind: str, version: int) -> dict[str, str]:
+    """The ledger arrays' names of an artefact of ``kind`` written in format ``version``."""
+    return dict(_V1_CACHE_NAMES if kind == "image_cache" and version == 1 else NAMES)
+
+
+def check_doc(path: Path, attrs: Mapping, *, key: str = DOC_KEY, kind: str = "embeddings",
+              noun: str = "embedding store", title: str = "Store") -> int:
+    """Check the layout document under ``key`` and return its format version.
+
+    Raises
+    ------
+    StoreError
+        No such document, or another kind of artefact.
+    FormatVersionError
+        A version this code does not read.
+    """
+    doc = attrs.get(key)
     if not isinstance(doc, Mapping):
-        raise StoreError(f"'{path}' is a zarr group but not an embedding store (no '{DOC_KEY}' attribute).")
+        raise StoreError(f"'{path}' is a zarr group but not an {noun} (no '{key}' attribute).")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise FormatVersionError(
-            f"Store '{path}' has format_version {version!r}, but this embedkit reads format_version "
-            f"{FORMAT_VERSION} only; upgrade embedkit (pip install -U embedkit) or re-extract the store.")
-    if doc.get("kind") != "embeddings":
-        raise StoreError(f"'{path}' is a '{doc.get('kind')}' store, not an embedding store.")
+            f"{title} '{path}' has format_version {version!r}, but this embedkit reads format_version "
+            f"{' or '.join(map(str, READABLE_VERSIONS))} only; upgrade embedkit (pip install -U embedkit) or "
+            "write it again.")
+    if doc.get("kind", kind) != kind:  # the version-1 image cache had no "kind"
+        raise StoreError(f"'{path}' is a '{doc.get('kind')}' artefact, not an {noun}.")
+    return int(version)
 
 
 def as_str_array(values: Sequence, what: str) -> np.ndarray:
@@ -69,6 +94,18 @@ def validate_create(n: int, ids: np.ndarray, views: Mapping[str, int], dtype: st
             raise StoreError(f"View '{v}' must have a dimension >= 1. Got {d}.")
     if dtype not in DTYPES:
         raise StoreError(f"The 'dtype' parameter must be one of {list(DTYPES)}. Got {dtype!r}.")
+    return validate_columns(n, labels, label_names, split, metadata)
+
+
+def validate_columns(n: int, labels: Any, label_names: Sequence[str] | None, split: Sequence[str] | None,
+                     metadata: Mapping[str, Sequence] | None) -> dict:
+    """Check the per-row columns every artefact may carry; return them normalised (``spec`` of :func:`build_columns`).
+
+    Raises
+    ------
+    StoreError
+        A column of the wrong length or shape, duplicate label names, a bad metadata name.
+    """
     spec: dict = {"labels": None, "label_names": [], "split": None, "metadata": {}}
     if labels is not None:
         lab = np.asarray(labels, dtype=np.float32)
@@ -99,16 +136,65 @@ def _metadata_array(values: list) -> np.ndarray:
 
     if all(numeric(v) for v in values):
         return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+    values = ["" if isinstance(v, float) and v != v else v for v in values]  # NaN = unknown, as None
     return as_str_array(values, "metadata")
 
 
-def build_group(path: Path, doc: dict, prov: dict, fp: str, ids: np.ndarray, spec: dict) -> None:
-    """Create every array of a new store (called once, by the creator, under the writer lock)."""
-    n, unit = doc["n_rows"], doc["unit_rows"]
-    static = min(n, _STATIC_CHUNK_ROWS)
-    root = zarr.create_group(store=str(path), zarr_format=3, attributes={DOC_KEY: doc, "provenance": prov,
+def create_root(path: Path, key: str, doc: dict, prov: dict, ids: np.ndarray) -> zarr.Group:
+    """Create the group (attrs: layout document, provenance, fingerprint) and its ``ids`` array."""
+    fp = fingerprint(prov, ids)
+    root = zarr.create_group(store=str(path), zarr_format=3, attributes={key: doc, "provenance": prov,
                                                                           "fingerprint": fp})
-    root.create_array("ids", shape=(n,), dtype=str, chunks=(static,), dimension_names=["row"])[:] = ids
+    n = len(ids)
+    root.create_array("ids", shape=(n,), dtype=str, chunks=(min(n, _STATIC_CHUNK_ROWS),),
+                      dimension_names=["row"])[:] = ids
+    return root
+
+
+def build_columns(root: zarr.Group, n: int, spec: dict) -> None:
+    """Create the write-once per-row columns: ``labels`` + ``label``, ``split``, ``meta/<name>``."""
+    static = min(n, _STATIC_CHUNK_ROWS)
+    if spec["labels"] is not None:
+        k = spec["labels"].shape[1]
+        root.create_array("labels", shape=(n, k), dtype="float32", chunks=(static, max(k, 1)), fill_value=np.nan,
+                          dimension_names=["row", "label"],
+                          attributes={"label_names": spec["label_names"]})[:] = spec["labels"]
+        root.create_array("label", shape=(k,), dtype=str, chunks=(max(k, 1),),
+                          dimension_names=["label"])[:] = np.asarray(spec["label_names"], dtype=object)
+    if spec["split"] is not None:
+        root.create_array("split", shape=(n,), dtype=str, chunks=(static,), dimension_names=["row"])[:] = spec["split"]
+    if spec["metadata"]:
+        meta_group = root.create_group(NAMES["meta"])
+        for name, values in spec["metadata"].items():
+            kw = {"fill_value": np.nan} if values.dtype.kind == "f" else {}
+            meta_group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind == "f" else str,
+                                    chunks=(static,), dimension_names=["row"], **kw)[:] = values
+
+
+def build_ledger(root: zarr.Group, n: int, unit_rows: int, n_units: int, unit_arrays: Sequence[str]) -> None:
+    """Create ``filled``, ``failures``, ``checksums`` and, last, ``ledger`` (one chunk per unit each).
+
+    The ledger is created last: an artefact whose ledger exists was completely created (see stores/_safe.py).
+    """
+    root.create_array(NAMES["filled"], shape=(n,), dtype="bool", chunks=(unit_rows,), fill_value=False,
+                      compressors=None, dimension_names=["row"], config={"write_empty_chunks": False})
+    root.create_array(NAMES["failures"], shape=(n,), dtype=str, chunks=(unit_rows,), fill_value="",
+                      dimension_names=["row"], config={"write_empty_chunks": False})
+    # Per unit and unit array: crc32c and size of the unit's chunk (shard) file as written, for verify().
+    k = len(unit_arrays)
+    root.create_array("checksums", shape=(n_units, k, 2), dtype="int64", chunks=(1, k, 2),
+                      fill_value=-1, compressors=None, dimension_names=["unit", "array", "field"],
+                      attributes={"arrays": list(unit_arrays), "fields": ["crc32c", "nbytes"],
+                                  "of": "each unit array's chunk (shard) file of the unit, as written"},
+                      config={"write_empty_chunks": False})
+    root.create_array(NAMES["ledger"], shape=(n_units,), dtype="uint8", chunks=(1,), fill_value=0,
+                      compressors=None, dimension_names=["unit"], config={"write_empty_chunks": False})
+
+
+def build_group(path: Path, doc: dict, prov: dict, ids: np.ndarray, spec: dict) -> None:
+    """Create every array of a new embedding store (called once, by the creator, under the writer lock)."""
+    n = doc["n_rows"]
+    root = create_root(path, DOC_KEY, doc, prov, ids)
     feats = root.create_group("features")
     definitions = prov.get("views") if isinstance(prov.get("views"), dict) else {}
     with fast_pipeline():
@@ -121,32 +207,5 @@ def build_group(path: Path, doc: dict, prov: dict, fp: str, ids: np.ndarray, spe
                 config={"write_empty_chunks": True},
                 attributes={"view": view, **({"definition": meta.get("definition")}
                                              if isinstance(meta, dict) and meta.get("definition") else {})})
-    if spec["labels"] is not None:
-        k = spec["labels"].shape[1]
-        root.create_array("labels", shape=(n, k), dtype="float32", chunks=(static, max(k, 1)), fill_value=np.nan,
-                          dimension_names=["row", "label"],
-                          attributes={"label_names": spec["label_names"]})[:] = spec["labels"]
-        root.create_array("label", shape=(k,), dtype=str, chunks=(max(k, 1),),
-                          dimension_names=["label"])[:] = np.asarray(spec["label_names"], dtype=object)
-    if spec["split"] is not None:
-        root.create_array("split", shape=(n,), dtype=str, chunks=(static,), dimension_names=["row"])[:] = spec["split"]
-    if spec["metadata"]:
-        meta_group = root.create_group("meta")
-        for name, values in spec["metadata"].items():
-            kw = {"fill_value": np.nan} if values.dtype.kind == "f" else {}
-            meta_group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind == "f" else str,
-                                    chunks=(static,), dimension_names=["row"], **kw)[:] = values
-    root.create_array("filled", shape=(n,), dtype="bool", chunks=(unit,), fill_value=False, compressors=None,
-                      dimension_names=["row"], config={"write_empty_chunks": False})
-    root.create_array("failures", shape=(n,), dtype=str, chunks=(unit,), fill_value="",
-                      dimension_names=["row"], config={"write_empty_chunks": False})
-    # Per unit and view: crc32c and size of the unit's chunk (shard) file as written, for verify() (FORMAT.md).
-    n_views = len(doc["views"])
-    root.create_array("checksums", shape=(doc["n_units"], n_views, 2), dtype="int64", chunks=(1, n_views, 2),
-                      fill_value=-1, compressors=None, dimension_names=["unit", "view", "field"],
-                      attributes={"views": list(doc["views"]), "fields": ["crc32c", "nbytes"],
-                                  "of": "each view's chunk (shard) file of the unit, as written"},
-                      config={"write_empty_chunks": False})
-    # The ledger is created last: a store whose ledger exists was completely created (see stores/_safe.py).
-    root.create_array("ledger", shape=(doc["n_units"],), dtype="uint8", chunks=(1,), fill_value=0,
-                      compressors=None, dimension_names=["unit"], config={"write_empty_chunks": False})
+    build_columns(root, n, spec)
+    build_ledger(root, n, doc["unit_rows"], doc["n_units"], [f"features/{v}" for v in doc["views"]])

@@ -1,4 +1,5 @@
-"""The writer lock of a store: ``fcntl.flock`` on ``<store>/ledger/writer.lock`` (``<cache>/done/writer.lock``).
+"""The writer lock of a unit-ledger artefact (embedding store, image cache): ``fcntl.flock`` on
+``<dir>/ledger/writer.lock``.
 
 ``flock`` locks belong to the open file description, so the kernel drops them the moment the holder dies (SIGKILL
 included): a killed writer's store can be reopened at once. A single writer holds the lock exclusively. The ranks of
@@ -21,8 +22,6 @@ from stores.errors import StoreLockedError
 # Inside the ledger array's directory: zarr never lists an array's directory, whereas a stray file at the group
 # level makes every member listing (xarray included) warn "not recognized as a component of a Zarr hierarchy".
 LOCK_RELPATH = "ledger/writer.lock"
-#: The image cache's ledger array is ``done``; its lock sits there for the same reason.
-CACHE_LOCK_RELPATH = "done/writer.lock"
 
 #: Locks this process holds; a forked child closes its copies of their descriptors at once (see _drop_in_child).
 _HELD: weakref.WeakSet = weakref.WeakSet()

@@ -28,8 +28,8 @@ MARKER_NAME = "creating.json"
 State = Literal["absent", "incomplete", "complete"]
 
 
-def classify(path: Path, *, key: str, lock_relpath: str, ledger: str, noun: str, foreign_keys: dict[str, str],
-             ) -> State:
+def classify(path: Path, *, key: str, lock_relpath: str, ledger: str | tuple[str, ...], noun: str,
+             foreign_keys: dict[str, str]) -> State:
     """What ``path`` holds, for a creator of kind ``key``; raise when it is not ours to touch.
 
     Parameters
@@ -40,9 +40,9 @@ def classify(path: Path, *, key: str, lock_relpath: str, ledger: str, noun: str,
         Our group attribute (``"embedkit_store"``, ``"embedkit_image_cache"``).
     lock_relpath : str
         The writer lock, relative to ``path`` (the marker sits beside it).
-    ledger : str
-        The array created last; a ``zarr.json`` of ours without it is an interrupted creation (written by
-        versions that had no marker).
+    ledger : str or tuple of str
+        The array created last (its name in each format version); a ``zarr.json`` of ours without it is an
+        interrupted creation (written by versions that had no marker).
     noun : str
         What messages call the artefact (``"embedding store"``).
     foreign_keys : dict of str to str
@@ -64,14 +64,14 @@ def classify(path: Path, *, key: str, lock_relpath: str, ledger: str, noun: str,
     if not path.exists():
         return "absent"
     lock_file = path / lock_relpath
-    marker = lock_file.parent / MARKER_NAME
-    if marker.is_file():
+    ledgers = (ledger,) if isinstance(ledger, str) else tuple(ledger)
+    if any((path / name / MARKER_NAME).is_file() for name in ledgers):
         return "incomplete"
     meta = path / "zarr.json"
     if meta.is_file():
         attrs = _attributes(meta)
         if attrs is not None and key in attrs:
-            return "complete" if (path / ledger / "zarr.json").is_file() else "incomplete"
+            return "complete" if any((path / name / "zarr.json").is_file() for name in ledgers) else "incomplete"
         other = next((n for k, n in foreign_keys.items() if attrs is not None and k in attrs), None)
         what = _a(other) if other else "a zarr folder that is not " + _a(noun)
         raise StoreError(f"'{path}' holds {what}; refusing to replace it. Choose another path.")
@@ -158,7 +158,7 @@ def fsync_tree(path: Path) -> None:
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
             with contextlib.suppress(FileNotFoundError):
-                _fsync(os.path.join(dirpath, name))
+                fsync_path(os.path.join(dirpath, name))
         fsync_dir(Path(dirpath))
     fsync_dir(path.parent)
 
@@ -166,10 +166,11 @@ def fsync_tree(path: Path) -> None:
 def fsync_dir(path: Path) -> None:
     """fsync a directory (its entries), ignoring filesystems that refuse it."""
     with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError, OSError):
-        _fsync(str(path))
+        fsync_path(str(path))
 
 
-def _fsync(path: str) -> None:
+def fsync_path(path: str | Path) -> None:
+    """fsync one file or directory (raises OSError, unlike :func:`fsync_dir`)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

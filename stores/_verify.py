@@ -1,4 +1,7 @@
-"""Consistency checks and the summary behind ``embedkit info`` (kept apart to keep embedding.py readable)."""
+"""Consistency checks of a unit-ledger artefact and the summary behind ``embedkit info``.
+
+Reads the artefact through its public properties only (``unit_arrays``, ``checksum_records``, ``group``, ...).
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -9,63 +12,58 @@ from stores import _provenance as prov_mod
 from stores._zarrio import chunk_path, file_checksum
 
 if TYPE_CHECKING:
+    from stores._ledger import UnitLedger
     from stores.embedding import EmbeddingStore
 
 
-def damaged_units(st: EmbeddingStore, units, *, read: bool) -> dict[int, list[str]]:
-    """Done units whose feature chunk files are missing, truncated or (``read``) altered: unit -> problems.
+def damaged_units(st: UnitLedger, units, *, read: bool) -> dict[int, list[str]]:
+    """Done units whose unit-array chunk files are missing, truncated or (``read``) altered: unit -> problems.
 
     Sizes are checked against the size recorded with the unit's checksum (or, for a store written before
     checksums, the raw layout's fixed chunk size); with ``read`` every file is read and its crc32c compared.
     """
-    records = st._checksums[:] if st._checksums is not None else None
+    from stores._ledger import unit_coords
+
+    records = st.checksum_records()
     out: dict[int, list[str]] = {}
     for u in (int(x) for x in units):
-        for i, (view, arr) in enumerate(st._features.items()):
-            path = chunk_path(arr, st.path, (u, 0))
+        for i, (name, arr) in enumerate(st.unit_arrays.items()):
+            path = chunk_path(arr, st.path, unit_coords(arr, u))
             rec = records[u, i] if records is not None and records[u, i, 1] >= 0 else None
             expected = int(rec[1]) if rec is not None else (
-                arr.chunks[0] * arr.shape[1] * arr.dtype.itemsize if st._raw[view] else None)
+                int(np.prod(arr.chunks)) * arr.dtype.itemsize if st.is_raw(name) else None)
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
-                out.setdefault(u, []).append(f"unit {u}: features/{view} chunk file is missing")
+                out.setdefault(u, []).append(f"unit {u}: {arr.path} chunk file is missing")
                 continue
             if expected is not None and size != expected:
                 what = "truncated" if size < expected else "too long"
-                out.setdefault(u, []).append(f"unit {u}: features/{view} chunk file is {what} "
+                out.setdefault(u, []).append(f"unit {u}: {arr.path} chunk file is {what} "
                                              f"({size} bytes, expected {expected})")
             elif read and rec is not None:
                 got = file_checksum(path)
                 if got is None or got[0] != int(rec[0]):
-                    out.setdefault(u, []).append(f"unit {u}: features/{view} chunk file was altered "
+                    out.setdefault(u, []).append(f"unit {u}: {arr.path} chunk file was altered "
                                                  "(crc32c differs from the one recorded when it was written)")
     return out
 
 
-def verify_store(st: EmbeddingStore, *, deep: bool = False, repair: bool = False) -> dict:
-    """See :meth:`EmbeddingStore.verify`."""
+def verify_store(st: UnitLedger, *, deep: bool = False, repair: bool = False) -> dict:
+    """See :meth:`stores._ledger.UnitLedger.verify`."""
     problems: list[str] = []
-    n, root = st.n_rows, st._root
-    expected = {"ids": (n,), "filled": (n,), "failures": (n,), "ledger": (st.n_units,)}
-    expected.update({f"features/{v}": (n, d) for v, d in st.views.items()})
-    if st.label_names:
-        expected["labels"] = (n, len(st.label_names))
-    if st.layout.get("has_split"):
-        expected["split"] = (n,)
-    expected.update({f"meta/{m}": (n,) for m in st.metadata_names})
-    for name, shape in expected.items():
+    root = st.group
+    for name, (shape, dtype) in st.expected_arrays().items():
         if name not in root:
             problems.append(f"array '{name}' is missing")
         elif tuple(root[name].shape) != shape:
             problems.append(f"array '{name}' has shape {tuple(root[name].shape)}, expected {shape}")
-    for v, arr in st._features.items():
-        if str(arr.dtype) != st.dtype:
-            problems.append(f"features/{v} has dtype {arr.dtype}, expected {st.dtype}")
+        elif dtype is not None and str(root[name].dtype) != dtype:
+            problems.append(f"{name} has dtype {root[name].dtype}, expected {dtype}")
     if problems:  # the row checks below would only repeat these
         return _result(st, problems, None, None, None)
     filled = st.filled
-    failed = np.asarray(st._failures[:], dtype=object) != ""
+    failed = st.failure_reasons() != ""
     done = st.done_units()
     if (filled & failed).any():
         problems.append(f"{int((filled & failed).sum())} rows are both filled and recorded as failed")
@@ -77,15 +75,12 @@ def verify_store(st: EmbeddingStore, *, deep: bool = False, repair: bool = False
             bad.setdefault(int(u), []).append(
                 f"unit {u} is in the ledger but {missing} of its rows are neither filled nor failed")
     problems.extend(p for u in sorted(bad) for p in bad[u])
-    if prov_mod.fingerprint(st._provenance, st.ids) != st.fingerprint:
+    # Version-1 image caches hashed their provenance alone (creation time included): nothing to recompute.
+    if (st.format_version >= 2 or st.KIND == "embeddings") and \
+            prov_mod.fingerprint(st.provenance, st.ids) != st.fingerprint:
         problems.append("the stored fingerprint does not match provenance + ids (attrs were edited?)")
     if deep:
-        for v in st.views:
-            n_bad = 0
-            for idx, x in st.iter_batches(v, batch_size=st.unit_rows * 4, dtype=None):
-                n_bad += int((~np.isfinite(x[filled[idx]])).any(axis=1).sum())
-            if n_bad:
-                problems.append(f"features/{v}: {n_bad} filled rows hold NaN/inf")
+        problems.extend(st.deep_problems(filled))
     result = _result(st, problems, filled, failed, done, sorted(bad))
     if repair and bad:
         st.mark_pending(sorted(bad))
@@ -93,11 +88,9 @@ def verify_store(st: EmbeddingStore, *, deep: bool = False, repair: bool = False
     return result
 
 
-def _result(st: EmbeddingStore, problems: list[str], filled, failed, done, bad_units=()) -> dict:
-    from stores._layout import FORMAT_VERSION
-
+def _result(st: UnitLedger, problems: list[str], filled, failed, done, bad_units=()) -> dict:
     return {"ok": not problems, "problems": problems, "damaged_units": [int(u) for u in bad_units],
-            "format_version": FORMAT_VERSION, "n_rows": st.n_rows,
+            "format_version": st.format_version, "n_rows": st.n_rows,
             "n_filled": None if filled is None else int(filled.sum()),
             "n_failed": None if failed is None else int(failed.sum()),
             "n_units": st.n_units, "n_done_units": None if done is None else int(done.sum()),

@@ -11,6 +11,8 @@ from pathlib import Path
 import google_crc32c
 import zarr
 
+from stores._safe import fsync_path as _fsync_path
+
 #: Target size of one feature chunk. 4-8 MiB chunks measured fastest here (see stores/FORMAT.md, "Why this layout").
 TARGET_CHUNK_BYTES = 8 << 20
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 65536
@@ -91,14 +93,6 @@ def fsync_chunk(array: zarr.Array, root: Path, coords: tuple[int, ...]) -> None:
         if parent == array_dir or array_dir not in parent.parents:
             break
         parent = parent.parent
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def dir_size(path: Path) -> tuple[int, int]:

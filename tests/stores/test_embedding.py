@@ -167,7 +167,7 @@ def test_unknown_format_version_is_refused(tmp_path, store_kwargs):
     root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     doc = dict(root.attrs["embedkit_store"], format_version=99)
     root.attrs.update({"embedkit_store": doc})
-    with pytest.raises(FormatVersionError, match="format_version 99.*reads format_version 1"):
+    with pytest.raises(FormatVersionError, match="format_version 99.*reads format_version 1 or 2"):
         EmbeddingStore.open(path)
     root.attrs.update({"embedkit_store": None})
     with pytest.raises(StoreError, match="not an embedding store"):
@@ -218,7 +218,7 @@ def test_plain_zarr_and_xarray_read_the_store(tmp_path, store_kwargs, unit_feats
     with EmbeddingStore.create(path, **store_kwargs) as st:
         full = _fill(st, unit_feats)
     g = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    assert g.attrs["embedkit_store"]["format_version"] == 1
+    assert g.attrs["embedkit_store"]["format_version"] == 2
     cls = g["features/cls"]
     assert cls.shape == (1000, 16) and cls.dtype == np.float16
     assert cls.metadata.dimension_names == ("row", "feature_cls")
@@ -252,7 +252,7 @@ def test_raw_fast_path_files_are_byte_identical_to_zarrs_own(tmp_path, store_kwa
     kw = dict(store_kwargs, rows_per_chunk=256, rows_per_shard=None)
     path = tmp_path / "raw.zarr"
     with EmbeddingStore.create(path, **kw) as st:
-        assert all(st._raw.values())
+        assert all(st.is_raw(v) for v in st.views)
         full = _fill(st, unit_feats, fail_rows={999: "bad"})  # the edge unit (232 rows) has a failure too
     st = EmbeddingStore.open(path)
     for view, dim in st.views.items():

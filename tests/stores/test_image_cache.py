@@ -33,7 +33,7 @@ def cache(tmp_path):
 
 def test_create_describes_itself(cache, tmp_path):
     doc = json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())["attributes"]
-    assert doc["embedkit_image_cache"]["format_version"] == 1
+    assert doc["embedkit_image_cache"]["format_version"] == 2
     assert doc["provenance"] == PROV and len(doc["fingerprint"]) == 64
     assert ImageCache.is_cache(tmp_path / "c.zarr") and not ImageCache.is_cache(tmp_path)
     assert cache.n_rows == 5 and cache.resolution == 8 and cache.n_units == 3
@@ -116,8 +116,8 @@ def test_finalize_records_counts(cache):
                          ok=np.array([True] * (sl.stop - sl.start)))
     cache.finalize()
     reopened = ImageCache.open(cache.path)
-    info = reopened._group.attrs["embedkit_image_cache"]
-    assert info["complete"] and info["n_filled"] == 5 and info["n_failed"] == 0
+    info = reopened.layout["summary"]
+    assert info["complete"] and info["n_filled"] == 5 and info["n_failed"] == 0 and info["n_done_units"] == 3
     assert (reopened.read(slice(0, 5)) == 9).all()
 
 
