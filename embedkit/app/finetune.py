@@ -8,6 +8,7 @@ run with probe runs of the same test set, plus ``model.safetensors`` (the kept e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,11 +52,15 @@ class Protocol:
     select: Literal["val-loss", "val-auroc"] = "val-loss"
 
 
-#: ``paper``: the reference recipe as recovered (paper-protocol.md §4); ``modern``: finetune-anchors.md §14.
+#: ``paper``: the reference recipe as recovered from github.com/tayebiarasteh/vit-med (arXiv 2510.07191);
+#: ``modern``: AdamW, cosine schedule with warm-up, bf16 autocast (the MAE / ConvNeXt-V2 / timm finetuning defaults).
 PROTOCOLS = {
     "paper": Protocol("paper", "adam", 1e-5, 0.0, 30, True, "constant", 0.0, None, None, "fp32", "paper", 100),
     "modern": Protocol("modern", "adamw", 1e-4, 0.05, 32, True, "cosine", 0.05, 0.75, 0.9, "auto", "model", 30),
 }
+#: ``paper`` under ``--mode lora``: the reference's LoRA entry point trains with AdamW (torch's default weight
+#: decay, 0.01), lr 1e-4, batch 16 (vit-med's main_train_2D_lora); the rest is the paper recipe.
+PAPER_LORA = dataclasses.replace(PROTOCOLS["paper"], optimizer="adamw", lr=1e-4, weight_decay=0.01, batch_size=16)
 
 
 @dataclass
@@ -129,6 +134,8 @@ def run_finetune(
     bootstrap: Literal["auto", "images", "patients"] = "auto",
     boot_dir: str | Path | None = None,
     split_seed: int = 0,
+    split_unit: Literal["patient", "study", "image"] | None = None,
+    allow_leak: bool = False,
     allow_download: bool = False,
     progress: Callable[[dict], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -158,6 +165,10 @@ def run_finetune(
         The bootstrap plan (shared with probe runs of the same test set: ``<out>/../.embedkit-bootstrap``).
     split_seed : int
         Seed of a carved validation split or a made split (the probe's ``--seed`` default is 0).
+    split_unit : {"patient", "study", "image"}, optional
+        Data without patient ids: accept making or carving a split by this coarser unit (as ``probe``).
+    allow_leak : bool
+        Go on (recorded) when a patient or study sits in two splits.
     progress : callable(dict), optional
         Step and epoch events.
     log : callable(str), optional
@@ -175,6 +186,7 @@ def run_finetune(
     import torch
 
     from embedkit.app.finetune_data import load_train_data
+    from embedkit.app.finetune_report import finish_run
     from embedkit.backbones import load_backbone
     from embedkit.devices import resolve_device
     from embedkit.extract.dist import detect_env
@@ -186,10 +198,18 @@ def run_finetune(
     if protocol not in PROTOCOLS:
         raise _bad("protocol", f"one of {', '.join(PROTOCOLS)}", protocol)
     proto = PROTOCOLS[protocol]
+    if mode == "lora":
+        from embedkit.finetune.model import require_peft
+
+        require_peft()  # before any loading or caching
+        if protocol == "paper":
+            proto = PAPER_LORA
     if isinstance(res, bool) or not isinstance(res, int) or res < 1:
         raise _bad("res", "an int >= 1", res)
     if bootstrap not in ("auto", "images", "patients"):
         raise _bad("bootstrap", "'auto', 'images' or 'patients'", bootstrap)
+    if split_unit not in (None, "patient", "study", "image"):
+        raise _bad("split_unit", "'patient', 'study' or 'image'", split_unit)
     if precision not in (None, "auto", "fp32", "bf16"):
         raise _bad("precision", "'auto', 'fp32' or 'bf16'", precision)
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
@@ -224,8 +244,13 @@ def run_finetune(
         "device_type": dev.type, "device_index": dev.index, "world_size": env.world_size,
         "grad_checkpointing": bool(grad_checkpointing), "compile": bool(compile), "workers": int(workers),
         "n_boot": int(n_boot), "boot_seed": int(boot_seed), "bootstrap": bootstrap, "split_seed": int(split_seed),
+        "split_unit": split_unit, "allow_leak": bool(allow_leak),
         "rope_rescale_augmentation": False,
     }
+    if mode == "lora":
+        from embedkit.finetune.model import LORA
+
+        settings["lora"] = dict(LORA)
     done = check_run_dir(out, settings)
     if done is not None:
         return FinetuneResult(out, done, already_done=True)
@@ -244,37 +269,37 @@ def run_finetune(
     if env.is_main:
         (out / "finetune.json").write_text(json.dumps({"schema": RUN_SCHEMA, "fingerprint": fingerprint,
                                                        "settings": settings}, indent=2, default=str) + "\n")
-    td = load_train_data(data, res=res, preset=proto.preset, preprocess=uint8_params(pre_block), run_dir=out,
-                         limit=limit, split_seed=split_seed, log=say)
-    torch.manual_seed(cfg.seed)  # the head's initialisation: a function of --seed only
-    net = build_model(bb, len(td.label_names), pool=pool, mode=mode, grad_checkpointing=grad_checkpointing)
-    channels_last = family == "convnext" and dev.type == "cuda"
-    bb.module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    net.to(dev)
-    if compile:
-        bb.module = torch.compile(bb.module, dynamic=False)
-    prepare = Prepare(pre_block.get("mean"), pre_block.get("std"), aug, channels_last=channels_last)
-    train_rows, val_rows = np.flatnonzero(td.split == "train"), np.flatnonzero(td.split == "val")
-    say(f"finetune {bb.spec.name} ({mode}, pool {net.pool}) @{res} on {len(train_rows)} train / {len(val_rows)} val "
-        f"rows, {protocol} protocol, {prec}, {dev}")
-
-    def on_progress(ev: dict) -> None:
-        if ev["event"] == "epoch":
-            say(f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f}, val loss "
-                f"{ev['val_loss']:.4f}, val mean AUROC {ev['val_mean_auroc']:.4f}, {ev['img_per_s']:.1f} img/s"
-                + (" (best)" if ev["best"] else ""))
-        if progress is not None and env.is_main:
-            progress(ev)
-
-    groups = param_groups(net, layer_decay=layer_decay)
-    t0 = time.perf_counter()
+    # One process group for the whole run: caching the images (extract's rank-sharded writer) and training share
+    # it. A second init_process_group on torchrun's store would read the first group's stale gloo addresses.
     with _train_group(env, dev) as barrier:
-        result = fit(net, td.images, td.y, train_rows=train_rows, val_rows=val_rows, prepare=prepare, config=cfg,
-                     device=dev, param_groups=groups, checkpoint=str(out / "checkpoint.pt"),
-                     fingerprint=fingerprint, workers=workers, rank=env.rank, world_size=env.world_size,
-                     progress=on_progress)
-        from embedkit.app.finetune_report import finish_run
+        td = load_train_data(data, res=res, preset=proto.preset, preprocess=uint8_params(pre_block), run_dir=out,
+                             limit=limit, split_seed=split_seed, split_unit=split_unit, allow_leak=allow_leak,
+                             log=say)
+        torch.manual_seed(cfg.seed)  # the head's initialisation: a function of --seed only
+        net = build_model(bb, len(td.label_names), pool=pool, mode=mode, grad_checkpointing=grad_checkpointing)
+        channels_last = family == "convnext" and dev.type == "cuda"
+        bb.module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        net.to(dev)
+        if compile:
+            bb.module = torch.compile(bb.module, dynamic=False)
+        prepare = Prepare(pre_block.get("mean"), pre_block.get("std"), aug, channels_last=channels_last)
+        train_rows, val_rows = np.flatnonzero(td.split == "train"), np.flatnonzero(td.split == "val")
+        say(f"finetune {bb.spec.name} ({mode}, pool {net.pool}) @{res} on {len(train_rows)} train / "
+            f"{len(val_rows)} val rows, {protocol} protocol, {prec}, {dev}")
 
+        def on_progress(ev: dict) -> None:
+            if ev["event"] == "epoch":
+                say(f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f}, val loss "
+                    f"{ev['val_loss']:.4f}, val mean AUROC {ev['val_mean_auroc']:.4f}, {ev['img_per_s']:.1f} img/s"
+                    + (" (best)" if ev["best"] else ""))
+            if progress is not None and env.is_main:
+                progress(ev)
+
+        groups = param_groups(net, layer_decay=layer_decay)
+        t0 = time.perf_counter()
+        result = fit(net, td.images, td.y, train_rows=train_rows, val_rows=val_rows, prepare=prepare, config=cfg,
+                     device=dev, param_groups=groups, checkpoint=str(out / "checkpoint.pt"), fingerprint=fingerprint,
+                     workers=workers, rank=env.rank, world_size=env.world_size, progress=on_progress)
         doc = finish_run(out, net, td, result, prepare=prepare, cfg=cfg, device=dev, env=env, settings=settings,
                          backbone_provenance=bb_prov, preprocess=pre_block, n_boot=n_boot, boot_seed=boot_seed,
                          bootstrap=bootstrap, boot_dir=boot_dir, train_s=time.perf_counter() - t0)

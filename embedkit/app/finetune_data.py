@@ -26,8 +26,7 @@ class TrainData:
     y: np.ndarray
     label_names: list[str]
     split: np.ndarray
-    split_source: str
-    split_unit: str
+    split_info: dict
     units: np.ndarray
     patients: np.ndarray | None
     images: Any
@@ -86,26 +85,26 @@ def is_store(data: str) -> bool:
     return not ImageCache.is_cache(p)
 
 
-def resolve_split(split, *, ids, patients, studies, seed: int) -> tuple[np.ndarray, str, str, np.ndarray]:
-    """The split the probe uses: the data's own, val carved from 10% of train units when missing, or a made
-    unit-level 0.7/0.1/0.2 split when there is none. Returns (split, source, unit, unit keys)."""
-    from embedkit.data.splits import carve_val, patient_split, split_units
+def resolve_split(split, *, ids, patients, studies, seed: int, split_unit: str | None, allow_leak: bool,
+                  source: str, say: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The probe's split rule, by the probe's own code (:mod:`embedkit.app.probe_data`): the data's split, val
+    carved from 10% of the training units when it has none, a unit-level 0.7/0.1/0.2 split when there is no split
+    at all (refused without patient ids unless ``split_unit`` accepts a coarser unit); always leakage-audited.
 
-    keys, unit = split_units(patients, studies, ids)
-    keys = np.asarray(keys).astype(str)
-    if split is None or not np.isin(np.asarray(split).astype(str), ("train", "test")).any():
-        return (np.asarray(patient_split(keys, seed=seed, fractions=(0.7, 0.1, 0.2))).astype(str),
-                f"made: {unit}-level, seed {seed}, fractions 0.7/0.1/0.2", unit, keys)
-    split = np.asarray(split).astype(str)
-    if not (split == "val").any():
-        return (np.asarray(carve_val(split, keys, seed=seed, fraction=0.1)).astype(str),
-                f"data; val carved from 10% of train {unit}s (seed {seed})", unit, keys)
-    return split, "data", unit, keys
+    Returns
+    -------
+    (split (N,) str, unit key per row (N,) str, metrics.json's ``split`` block)
+    """
+    from types import SimpleNamespace
 
+    from embedkit.app.probe_data import _resolve_split
 
-def _meta(reader, name: str):
-    v = reader.metadata(name)
-    return None if v is None else np.asarray(v).astype(object)
+    stored = None if split is None else np.asarray(split).astype(str)
+    # _resolve_split reads only ``.split`` of the store it is given; a manifest or image cache offers the same.
+    split, units, info = _resolve_split(SimpleNamespace(split=stored), source, ids=ids, patients=patients,
+                                        studies=studies, seed=seed, split_unit=split_unit,  # type: ignore[arg-type]
+                                        allow_leak=allow_leak, say=say)
+    return np.asarray(split).astype(str), np.asarray(units).astype(str), info
 
 
 def _open_cache_for(path: Path, *, res: int, preprocess: dict):
@@ -137,14 +136,24 @@ def _build_cache(data: str, cache_dir: Path, *, res: int, preset: str, limit, po
 
 
 def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_dir: Path, limit: int | None,
-                    split_seed: int, log: Callable[[str], None]) -> TrainData:
+                    split_seed: int, log: Callable[[str], None], split_unit: str | None = None,
+                    allow_leak: bool = False) -> TrainData:
     """Resolve DATA (store, image cache, manifest or ``ADAPTER:ROOT``) into :class:`TrainData`.
+
+    The split is settled by :func:`resolve_split` (the probe's code), so a finetune and a probe of one store have
+    the same train/val/test rows and the same bootstrap units.
 
     Raises
     ------
     DataError
-        No labels, store ids missing from its images, or an unreadable source.
+        No labels, store ids missing from its images, an unreadable source, or no patient ids where a split must
+        be made or carved (without ``split_unit``).
+    LeakageError
+        A patient or study in two splits (without ``allow_leak``).
     """
+    # Ids read as the probe reads them: str, '' for missing, None when the data has none at all.
+    from embedkit.app.probe_data import _present as _ids
+
     store_info = store_prov = None
     if is_store(data):
         from stores import EmbeddingStore
@@ -153,7 +162,7 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
             ids = np.asarray(st.ids).astype(str)
             y = None if st.labels is None else np.asarray(st.labels, dtype=np.float32)
             names, split = list(st.label_names), st.split
-            patients, studies = _meta(st, "patient_id"), _meta(st, "study_id")
+            patients, studies = _ids(st.metadata("patient_id")), _ids(st.metadata("study_id"))
             filled = np.asarray(st.filled, dtype=bool)
             store_prov = st.provenance
             store_info = {"path": str(Path(data).resolve()), "fingerprint": st.fingerprint, "n_rows": st.n_rows}
@@ -191,14 +200,14 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
             src = _build_cache(data, run_dir / "images", res=res, preset=preset, limit=limit, policies={}, log=log)
         ids = np.asarray(src.ids).astype(str)
         y, names, split = src.labels, list(src.label_names), src.split
-        patients = None if "patient_id" not in src.metadata else np.asarray(src.metadata["patient_id"], object)
-        studies = None if "study_id" not in src.metadata else np.asarray(src.metadata["study_id"], object)
+        patients, studies = _ids(src.metadata.get("patient_id")), _ids(src.metadata.get("study_id"))
         filled = np.asarray(ImageCache.open(src.cache_path).filled, dtype=bool)
         image_rows = np.arange(len(ids), dtype=np.int64)
         spec = dict(src.spec)
     if y is None or not names:
         raise DataError(f"'{data}' has no labels; finetuning needs label columns.")
-    split, source, unit, keys = resolve_split(split, ids=ids, patients=patients, studies=studies, seed=split_seed)
+    split, keys, split_info = resolve_split(split, ids=ids, patients=patients, studies=studies, seed=split_seed,
+                                            split_unit=split_unit, allow_leak=allow_leak, source=str(data), say=log)
     split = np.where(filled, split, "")
     if limit is not None and store_info is not None:
         split = np.where(np.arange(len(ids)) < int(limit), split, "")
@@ -206,6 +215,5 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
     if not np.array_equal(image_rows, np.arange(len(ids))):
         images = RowMapped(images, image_rows)
     return TrainData(ids=ids, y=np.asarray(y, dtype=np.float32), label_names=names, split=split,
-                     split_source=source, split_unit=unit, units=keys,
-                     patients=None if patients is None else np.asarray(patients).astype(str), images=images,
+                     split_info=split_info, units=keys, patients=patients, images=images,
                      image_rows=image_rows, spec=spec, store=store_info, store_provenance=store_prov)

@@ -56,6 +56,7 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
     import time
 
     from embedkit.app.identity import run_identity
+    from embedkit.app.probe_data import bootstrap_groups
     from probes.bootstrap import plan_for_test_set
     from probes.evaluate import evaluate
     from probes.finetune import predict, save_weights
@@ -76,12 +77,8 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     p_val, p_test = probs[: len(val_rows)], probs[len(val_rows):]
     thresholds = youden_thresholds(y[val_rows], p_val)
-    use_patients = bootstrap == "patients" or (bootstrap == "auto" and td.patients is not None)
-    if bootstrap == "patients" and td.patients is None:
-        from embedkit.errors import DataError
-
-        raise DataError("--bootstrap patients needs patient ids in the data; use --bootstrap images.")
-    groups = td.units[test_rows] if use_patients else None
+    # The probe's rule, by the probe's code: patients (split units) when the data has patient ids, else images.
+    groups, boot_unit = bootstrap_groups(td, test_rows, bootstrap)
     plan_dir = Path(boot_dir) if boot_dir is not None else out.parent / ".embedkit-bootstrap"
     plan, plan_path = plan_for_test_set(plan_dir, ids[test_rows], n_boot=n_boot, seed=boot_seed, groups=groups)
     with warnings.catch_warnings():
@@ -98,8 +95,9 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
         "schema": "embedkit.finetune/1", "kind": "finetune", "head": head, "features": net.pool, "device": str(device),
         "threshold_mode": "val", "store": td.store,
         "provenance": identity,
-        "split": {"source": td.split_source, "unit": td.split_unit, "n_unused": int((split == "").sum())},
-        "bootstrap": plan.describe(), "label_fraction": 1.0, "seed": settings["seed"], "labels": td.label_names,
+        "split": {**td.split_info, "n_unused": int((split == "").sum())},
+        "bootstrap": {**plan.describe(), "requested": bootstrap, "unit": boot_unit},
+        "label_fraction": 1.0, "seed": settings["seed"], "labels": td.label_names,
         "chosen": {"epoch": result.best_epoch, "select": cfg.select, "val_loss": result.best_val_loss},
         "val_mean_auroc": result.best_val_auroc, "candidates": result.log, "history": result.log,
         "n": {"train": int((split == "train").sum()), "val": int(val_rows.size), "test": int(test_rows.size)},

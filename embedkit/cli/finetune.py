@@ -63,7 +63,8 @@ def register(app: typer.Typer) -> None:
                                  help="Embedding store (rows, labels, split and test ids of its probes), image "
                                       "cache, manifest CSV or ADAPTER:ROOT."),
         out: Path = typer.Option(..., "--out", "-o", help="Run directory (the same command resumes it)."),
-        mode: str = typer.Option("full", "--mode", help="full | last:K (only the last K blocks train)."),
+        mode: str = typer.Option("full", "--mode", help="full | last:K (only the last K blocks train) | lora "
+                                                        "(peft adapters, r=16; needs the 'lora' extra: peft)."),
         protocol: str = typer.Option("paper", "--protocol",
                                      help="paper (Adam 1e-5, batch 30, fp32, paper preset) | modern (AdamW, cosine "
                                           "+ warm-up, layer-wise lr decay, bf16 on GPU, model preset)."),
@@ -92,6 +93,11 @@ def register(app: typer.Typer) -> None:
         bootstrap: str = typer.Option("auto", "--bootstrap",
                                       help="auto (patients when the data has patient ids) | images | patients."),
         boot_seed: int = typer.Option(0, "--boot-seed", help="Seed of the bootstrap plan (keep to pair runs)."),
+        split_unit: Optional[str] = typer.Option(
+            None, "--split-unit", help="Data without patient ids: accept making or carving the split by 'study' or "
+                                       "'image' (as 'embedkit probe')."),
+        allow_leak: bool = typer.Option(False, "--allow-leak",
+                                        help="Go on when a patient or study sits in two splits (recorded)."),
         download: bool = typer.Option(False, "--download", help="Fetch missing weights from the hub."),
         json_out: bool = typer.Option(False, "--json", help="Print metrics.json as one JSON document."),
     ) -> None:
@@ -106,8 +112,10 @@ def register(app: typer.Typer) -> None:
             raise bad_parameter("select", "finetune", "val-loss or val-auroc", select)
         if bootstrap not in ("auto", "images", "patients"):
             raise bad_parameter("bootstrap", "finetune", "auto, images or patients", bootstrap)
-        if mode != "full" and not mode.startswith("last:"):
-            raise bad_parameter("mode", "finetune", "full or last:K", mode)
+        if mode not in ("full", "lora") and not mode.startswith("last:"):
+            raise bad_parameter("mode", "finetune", "full, last:K or lora", mode)
+        if split_unit not in (None, "patient", "study", "image"):
+            raise bad_parameter("split-unit", "finetune", "patient, study or image", split_unit)
         check_out(out, noun="finetune run", is_ours=lambda p: (p / "finetune.json").exists())
         bar = _StepProgress(enabled=not json_out)
 
@@ -123,6 +131,7 @@ def register(app: typer.Typer) -> None:
                                   seed=seed, workers=workers, device=device, limit=limit, select=select,  # type: ignore[arg-type]
                                   pool=pool, checkpoint_every=checkpoint_every, compile=compile, n_boot=n_boot,
                                   boot_seed=boot_seed, bootstrap=bootstrap, allow_download=download,  # type: ignore[arg-type]
+                                  split_unit=split_unit, allow_leak=allow_leak,  # type: ignore[arg-type]
                                   progress=bar, log=log)
         finally:
             bar.close()

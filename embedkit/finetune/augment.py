@@ -1,7 +1,7 @@
 """Device-side input pipeline for finetuning: uint8 images -> [0, 1] -> (train only) per-sample random horizontal
 flip + rotation -> three channels -> the preset's mean/std.
 
-The augmentation is the reference study's (paper-protocol.md §4: ``RandomHorizontalFlip`` p=0.5 +
+The augmentation is the reference study's (github.com/tayebiarasteh/vit-med: ``RandomHorizontalFlip`` p=0.5 +
 ``RandomRotation(7)``, torchvision defaults: nearest neighbour, no expansion, fill 0), run batched on the device
 with ``affine_grid`` + ``grid_sample`` instead of per image through PIL. Each row's flip and angle come from its own
 key (drawn by the loop from seed, epoch and row), so the draw does not depend on batch composition or rank.

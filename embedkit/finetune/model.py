@@ -1,8 +1,9 @@
 """The finetuned model: a registry backbone, pooled as the reference study did, plus a linear head.
 
-Pooling (paper-protocol.md §3): the mean of all output tokens for DINO ViTs (``mean_tokens``), the CLS token for
-the supervised ImageNet ViT (``cls``), the pooled output for ConvNeXts (``pooled``) — the same view definitions as
-the embedding store's, computed by the backbone's own view code with gradients on.
+Pooling (as github.com/tayebiarasteh/vit-med, arXiv 2510.07191): the mean of all output tokens for DINO ViTs
+(``mean_tokens``), the CLS token for the supervised ImageNet ViT (``cls``), the pooled output for ConvNeXts
+(``pooled``) — the same view definitions as the embedding store's, computed by the backbone's own view code with
+gradients on.
 """
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from embedkit.errors import ModelError
 logger = logging.getLogger(__name__)
 
 POOLS = ("auto", "mean_tokens", "cls", "pooled")
+#: LoRA as the reference study set it (vit-med's models/lora_wrappers.py, as its training entry point calls it).
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "bias": "none"}
+#: LoRA target names per family, tried in order; the first group with a match is used ("whichever exists"):
+#: DINOv3 HF / DINOv2 in transformers 5 (q_proj, v_proj), older DINOv2 (query, value), timm ViTs (fused qkv);
+#: ConvNeXt's pointwise MLP layers under their HF DINOv3, HF ConvNeXt and timm names.
+LORA_TARGETS = {
+    "vit": (("q_proj", "v_proj"), ("query", "value"), ("qkv",)),
+    "convnext": (("pointwise_conv1", "pointwise_conv2"), ("pwconv1", "pwconv2"), ("fc1", "fc2")),
+}
 #: Parameters never decayed besides 1-D ones and biases: tokens, position tables, LayerScale.
 NO_DECAY = ("cls_token", "register_tokens", "reg_token", "mask_token", "position_embeddings", "pos_embed",
             "lambda1", "gamma")
@@ -68,7 +78,8 @@ def build_model(backbone, n_labels: int, *, pool: str = "auto", mode: str = "ful
     n_labels : int
     pool : {"auto", "mean_tokens", "cls", "pooled"}
     mode : str
-        ``full`` or ``last:K`` (only the last K blocks, the final norm and the head train).
+        ``full``, ``last:K`` (only the last K blocks, the final norm and the head train) or ``lora`` (peft LoRA
+        adapters on :data:`LORA_TARGETS` with :data:`LORA`; only the adapters and the head train).
     grad_checkpointing : bool
         Recompute each block's activations in backward (non-reentrant checkpoints).
 
@@ -80,7 +91,7 @@ def build_model(backbone, n_labels: int, *, pool: str = "auto", mode: str = "ful
     Raises
     ------
     ModelError
-        A pool the backbone does not have, or a bad ``mode``.
+        A pool the backbone does not have, a bad ``mode``, ``lora`` without peft or without a target module.
     """
     import torch
     from torch import nn
@@ -91,6 +102,9 @@ def build_model(backbone, n_labels: int, *, pool: str = "auto", mode: str = "ful
                          f"choose one of {', '.join(v for v in POOLS if v == 'auto' or v in backbone.views)}.")
     ids, depth = layer_ids(backbone.module)
     keep = parse_mode(mode, depth)
+    if mode == "lora":
+        add_lora(backbone.module, backbone.spec.family)
+        ids, depth = layer_ids(backbone.module)  # adapters add parameters (their block is their target's)
 
     class _Model(nn.Module):
         def __init__(self) -> None:
@@ -107,7 +121,10 @@ def build_model(backbone, n_labels: int, *, pool: str = "auto", mode: str = "ful
     module.train()
     for name, p in module.named_parameters():
         # mask_token is only used for masked pretraining: left trainable it gets no gradient, which DDP rejects.
-        p.requires_grad_("mask_token" not in name and (keep is None or ids.get(name, depth + 1) > depth - keep))
+        trainable = keep is None or ids.get(name, depth + 1) > depth - keep
+        if mode == "lora":
+            trainable = ".lora_" in name
+        p.requires_grad_("mask_token" not in name and trainable)
     if getattr(getattr(module, "config", None), "pos_embed_rescale", None) is not None:
         # DINOv3's RoPE box augmentation draws a random rescale per forward in train mode; off, so the only
         # training randomness is the documented flip + rotation (and runs stay rank-count independent).
@@ -123,19 +140,55 @@ def build_model(backbone, n_labels: int, *, pool: str = "auto", mode: str = "ful
 
 
 def parse_mode(mode: str, depth: int) -> int | None:
-    """``full`` -> None; ``last:K`` -> K (1 <= K <= depth).
+    """``full`` / ``lora`` -> None; ``last:K`` -> K (1 <= K <= depth).
 
     Raises
     ------
     ModelError
     """
-    if mode == "full":
+    if mode in ("full", "lora"):
         return None
     m = re.fullmatch(r"last:(\d+)", str(mode))
     if m and 1 <= int(m.group(1)) <= depth:
         return int(m.group(1))
-    raise ModelError(f"The 'mode' parameter of finetune must be 'full' or 'last:K' with 1 <= K <= {depth}. "
+    raise ModelError(f"The 'mode' parameter of finetune must be 'full', 'lora' or 'last:K' with 1 <= K <= {depth}. "
                      f"Got {mode!r}.")
+
+
+def lora_targets(module, family: str) -> list[str]:
+    """The first group of :data:`LORA_TARGETS` names (for ConvNeXt or ViT families) that ``module`` has."""
+    from torch import nn
+
+    names = {n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    for group in LORA_TARGETS["convnext" if family == "convnext" else "vit"]:
+        if all(t in names for t in group):
+            return list(group)
+    raise ModelError(f"--mode lora found none of the target modules {LORA_TARGETS} in this {family} backbone; "
+                     "use --mode full or last:K.")
+
+
+def require_peft() -> None:
+    """Raise a one-line :class:`ModelError` when peft (the ``lora`` extra) is not installed."""
+    try:
+        import peft  # noqa: F401 - only whether it imports
+    except ImportError:
+        raise ModelError("--mode lora needs peft: pip install 'embedkit[lora]' (or pip install peft).") from None
+
+
+def add_lora(module, family: str) -> list[str]:
+    """Inject peft LoRA adapters (:data:`LORA`) into ``module`` in place; returns the target names.
+
+    Raises
+    ------
+    ModelError
+        peft is not installed, or no target module exists.
+    """
+    require_peft()
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = lora_targets(module, family)
+    inject_adapter_in_model(LoraConfig(target_modules=targets, **LORA), module)
+    return targets
 
 
 def _checkpoint_blocks(module) -> None:

@@ -40,9 +40,10 @@ def ft_tiny(tmp_path_factory):
 FAST = dict(epochs=1, batch_size=8, lr=1e-3, n_boot=20)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Pin torch to one thread so in-process and subprocess runs are bitwise comparable."""
+    """Torch on one thread for these modules: in-process runs are then bitwise comparable with subprocess runs
+    (``OMP_NUM_THREADS=1``), and tiny models gain nothing from threads on a shared 2-core CI runner."""
     import torch
 
     before = torch.get_num_threads()
