@@ -182,7 +182,7 @@ def to_json(obj, *, indent: int | None = 2) -> str:
     return json.dumps(_strict(obj), indent=indent, allow_nan=False)
 
 
-def _label_hash(label_names: Sequence[str], y: np.ndarray) -> str:
+def label_hash(label_names: Sequence[str], y: np.ndarray) -> str:
     """sha256 of the label names and the (T, K) label values (NaN = unknown), the pairing check of labels."""
     h = hashlib.sha256("\n".join(map(str, label_names)).encode())
     h.update(np.ascontiguousarray(np.where(np.isnan(y), -1.0, y), dtype="<f8").tobytes())
@@ -246,7 +246,7 @@ def write_run(run_dir: Path, res, *, ids, split, y, meta: dict, plan=None, plan_
                     "test.means / test.per_label": "'value' = point estimate on the whole test set; 'boot_mean', "
                                                    "'sd', 'ci_low', 'ci_high' = over the bootstrap resamples"},
         "pairing": {"test_ids_sha256": plan.ids_sha256 if plan else None,
-                    "test_labels_sha256": _label_hash(res.label_names, y_test),
+                    "test_labels_sha256": label_hash(res.label_names, y_test),
                     "boot_matrix_sha256": plan.matrix_sha256 if plan else None,
                     "boot_key": plan.key if plan else None, "plan_path": None if plan_path is None else str(plan_path)},
         "timings": {k: round(v, 4) for k, v in res.timings.items()},

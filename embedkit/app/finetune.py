@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -137,6 +137,8 @@ def run_finetune(
     split_unit: Literal["patient", "study", "image"] | None = None,
     allow_leak: bool = False,
     allow_download: bool = False,
+    subgroups: bool = True,
+    age_bands: Sequence[float] = (0, 40, 60, 80),
     progress: Callable[[dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
@@ -268,7 +270,7 @@ def run_finetune(
 
     if env.is_main:
         (out / "finetune.json").write_text(json.dumps({"schema": RUN_SCHEMA, "fingerprint": fingerprint,
-                                                       "settings": settings}, indent=2, default=str) + "\n")
+                                                       "settings": settings}, indent=2, default=str, allow_nan=False) + "\n")
     # One process group for the whole run: caching the images (extract's rank-sharded writer) and training share
     # it. A second init_process_group on torchrun's store would read the first group's stale gloo addresses.
     with _train_group(env, dev) as barrier:
@@ -306,6 +308,14 @@ def run_finetune(
         barrier()
     if env.is_main:
         say(f"done: kept epoch {result.best_epoch}; test mean AUROC {doc['mean_auroc']['value']:.4f}")
+        if subgroups:
+            from embedkit.app.subgroups import add_subgroups
+
+            source = (td.store or {}).get("path") or getattr(td.images, "path", None)
+            block = add_subgroups(out, store=source, age_bands=age_bands)
+            if block is not None:
+                doc["subgroups"] = block
+                say(f"subgroups: {out / 'subgroups.csv'}")
     return FinetuneResult(out, doc, resumed=result.resumed_at is not None)
 
 

@@ -34,6 +34,7 @@ class TrainData:
     spec: dict
     store: dict | None
     store_provenance: dict | None
+    datasets: np.ndarray | None = None  # per-row source dataset (display names, subgroups)
 
 
 class CachedImages:
@@ -97,11 +98,11 @@ def resolve_split(split, *, ids, patients, studies, seed: int, split_unit: str |
     """
     from types import SimpleNamespace
 
-    from embedkit.app.probe_data import _resolve_split
+    from embedkit.app.probe_data import resolve_split
 
     stored = None if split is None else np.asarray(split).astype(str)
-    # _resolve_split reads only ``.split`` of the store it is given; a manifest or image cache offers the same.
-    split, units, info = _resolve_split(SimpleNamespace(split=stored), source, ids=ids, patients=patients,
+    # resolve_split reads only ``.split`` of the store it is given; a manifest or image cache offers the same.
+    split, units, info = resolve_split(SimpleNamespace(split=stored), source, ids=ids, patients=patients,
                                         studies=studies, seed=seed, split_unit=split_unit,  # type: ignore[arg-type]
                                         allow_leak=allow_leak, say=say)
     return np.asarray(split).astype(str), np.asarray(units).astype(str), info
@@ -152,7 +153,7 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
         A patient or study in two splits (without ``allow_leak``).
     """
     # Ids read as the probe reads them: str, '' for missing, None when the data has none at all.
-    from embedkit.app.probe_data import _present as _ids
+    from embedkit.app.probe_data import present_ids as _ids
 
     store_info = store_prov = None
     if is_store(data):
@@ -163,6 +164,7 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
             y = None if st.labels is None else np.asarray(st.labels, dtype=np.float32)
             names, split = list(st.label_names), st.split
             patients, studies = _ids(st.metadata("patient_id")), _ids(st.metadata("study_id"))
+            datasets = _ids(st.metadata("dataset"))
             filled = np.asarray(st.filled, dtype=bool)
             store_prov = st.provenance
             store_info = {"path": str(Path(data).resolve()), "fingerprint": st.fingerprint, "n_rows": st.n_rows}
@@ -201,6 +203,7 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
         ids = np.asarray(src.ids).astype(str)
         y, names, split = src.labels, list(src.label_names), src.split
         patients, studies = _ids(src.metadata.get("patient_id")), _ids(src.metadata.get("study_id"))
+        datasets = _ids(src.metadata.get("dataset"))
         filled = np.asarray(ImageCache.open(src.cache_path).filled, dtype=bool)
         image_rows = np.arange(len(ids), dtype=np.int64)
         spec = dict(src.spec)
@@ -216,4 +219,5 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
         images = RowMapped(images, image_rows)
     return TrainData(ids=ids, y=np.asarray(y, dtype=np.float32), label_names=names, split=split,
                      split_info=split_info, units=keys, patients=patients, images=images,
-                     image_rows=image_rows, spec=spec, store=store_info, store_provenance=store_prov)
+                     image_rows=image_rows, spec=spec, store=store_info, store_provenance=store_prov,
+                     datasets=datasets)

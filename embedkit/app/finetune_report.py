@@ -62,7 +62,7 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
     from probes.finetune import predict, save_weights
     from probes.metrics import SingleClassWarning, youden_thresholds
     from probes.report import PER_LABEL_COLUMNS, json_default, per_label_rows, plot_roc, write_csv
-    from probes.report import _label_hash, write_test_labels
+    from probes.report import label_hash, write_test_labels
     from probes.runner import canonical_test_rows
 
     net.load_state_dict(result.best_state)
@@ -89,7 +89,7 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
     prov = {"backbone": backbone_provenance, "resolution": settings["res"], "preprocess": preprocess,
             "dataset": td.spec, "precision": settings["precision"],
             "embedkit_version": __import__("embedkit").__version__}
-    identity = run_identity(prov)
+    identity = run_identity(prov, td.datasets)
     head = f"finetune-{settings['mode'].replace(':', '')}"
     doc = {
         "schema": "embedkit.finetune/1", "kind": "finetune", "head": head, "features": net.pool, "device": str(device),
@@ -104,7 +104,7 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
         "thresholds": dict(zip(td.label_names, map(float, thresholds))),
         "test": summary, "mean_auroc": summary["means"]["auroc"],
         "pairing": {"test_ids_sha256": plan.ids_sha256,
-                    "test_labels_sha256": _label_hash(td.label_names, y[test_rows].astype(np.float64)),
+                    "test_labels_sha256": label_hash(td.label_names, y[test_rows].astype(np.float64)),
                     "boot_matrix_sha256": plan.matrix_sha256,
                     "boot_key": plan.key, "plan_path": str(plan_path)},
         "timings": {"train_s": round(train_s, 4), "predict_s": round(predict_s, 4)},

@@ -75,7 +75,7 @@ def bad_option(name: str, expected: str, got) -> EmbedkitError:
     return EmbedkitError(f"The '{name}' parameter of probe must be {expected}. Got {got!r}.")
 
 
-def _present(values) -> np.ndarray | None:
+def present_ids(values) -> np.ndarray | None:
     """Per-row ids as str with missing as '', or None when the store has none at all."""
     if values is None:
         return None
@@ -84,7 +84,7 @@ def _present(values) -> np.ndarray | None:
     return None if not (v != "").any() else v.astype(str)
 
 
-def _resolve_split(st, store, *, ids, patients, studies, seed: int, split_unit: SplitUnit | None,
+def resolve_split(st, store, *, ids, patients, studies, seed: int, split_unit: SplitUnit | None,
                    allow_leak: bool, say) -> tuple[np.ndarray, np.ndarray, dict]:
     """The split per row, the unit key per row, and metrics.json's ``split`` block (audited for leakage)."""
     from embedkit.data.splits import audit_split, carve_val, patient_split, split_units
@@ -193,9 +193,9 @@ def read_for_probe(st, store, *, features: str, labels: Sequence[str] | None = N
         raise DataError(f"Store '{store}' has {int(pending.sum())} of {n} rows not extracted yet (still being "
                         "filled, or interrupted); finish the extract (re-run it to resume) or pass --allow-partial "
                         "to probe the filled rows only.")
-    patients = _present(st.metadata("patient_id"))
-    studies = _present(st.metadata("study_id"))
-    split, units, split_info = _resolve_split(st, store, ids=ids, patients=patients, studies=studies, seed=seed,
+    patients = present_ids(st.metadata("patient_id"))
+    studies = present_ids(st.metadata("study_id"))
+    split, units, split_info = resolve_split(st, store, ids=ids, patients=patients, studies=studies, seed=seed,
                                               split_unit=split_unit, allow_leak=allow_leak, say=say)
     no_split = int(((split == "") & filled).sum())
     split = np.where(filled, split, "")

@@ -273,7 +273,7 @@ def _run_cell(grid: Grid, st: Stage, tell) -> None:
         tell(f"  finetune {arm.mode} ({arm.protocol})")
         ek.finetune(model, str(store), st.path, res=st.resolution, mode=arm.mode, protocol=arm.protocol,
                     n_boot=p["n_boot"], boot_seed=p["boot_seed"], bootstrap=p["bootstrap"], device=s["device"],
-                    workers=s["workers"], **arm.options)
+                    workers=s["workers"], subgroups=False, **arm.options)
         run_dirs = [st.path]
     for d in run_dirs:
         add_subgroups(d, store=store, age_bands=s["age_bands"], min_count=s["min_count"])

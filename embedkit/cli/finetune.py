@@ -98,6 +98,9 @@ def register(app: typer.Typer) -> None:
                                        "'image' (as 'embedkit probe')."),
         allow_leak: bool = typer.Option(False, "--allow-leak",
                                         help="Go on when a patient or study sits in two splits (recorded)."),
+        age_bands: str = typer.Option("0,40,60,80", "--age-bands",
+                                      help="Lower bounds of the subgroup age bands (subgroups.csv)."),
+        no_subgroups: bool = typer.Option(False, "--no-subgroups", help="Skip the subgroup metrics."),
         download: bool = typer.Option(False, "--download", help="Fetch missing weights from the hub."),
         json_out: bool = typer.Option(False, "--json", help="Print metrics.json as one JSON document."),
     ) -> None:
@@ -116,6 +119,9 @@ def register(app: typer.Typer) -> None:
             raise bad_parameter("mode", "finetune", "full, last:K or lora", mode)
         if split_unit not in (None, "patient", "study", "image"):
             raise bad_parameter("split-unit", "finetune", "patient, study or image", split_unit)
+        from embedkit.cli.predict import parse_age_bands
+
+        bands = parse_age_bands(age_bands, "finetune")
         check_out(out, noun="finetune run", is_ours=lambda p: (p / "finetune.json").exists())
         bar = _StepProgress(enabled=not json_out)
 
@@ -132,7 +138,7 @@ def register(app: typer.Typer) -> None:
                                   pool=pool, checkpoint_every=checkpoint_every, compile=compile, n_boot=n_boot,
                                   boot_seed=boot_seed, bootstrap=bootstrap, allow_download=download,  # type: ignore[arg-type]
                                   split_unit=split_unit, allow_leak=allow_leak,  # type: ignore[arg-type]
-                                  progress=bar, log=log)
+                                  subgroups=not no_subgroups, age_bands=bands, progress=bar, log=log)
         finally:
             bar.close()
         doc = result.metrics
