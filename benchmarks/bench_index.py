@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,29 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stores.index import QUERY_BATCH, SearchIndex, build_index, recall_at_k  # noqa: E402
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def _cpu_model() -> str:
+    if not os.path.exists("/proc/cpuinfo"):
+        return platform.processor()
+    return next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+
+
+def rss_now_gb() -> float:
+    """Current resident set (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except OSError:
+        return peak_rss_gb()
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def mixture(n: int, d: int, centres: np.ndarray, spread: np.ndarray, weights: np.ndarray,
@@ -54,6 +78,9 @@ def main() -> None:
     ap.add_argument("--memory-budget", type=float, default=8e9)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    # RSS once the imports are done: the growth past it is what the data and the index cost.
+    rss0 = rss_now_gb()
+    machine = {"cores": os.cpu_count(), "cpu_model": _cpu_model(), "arch": platform.machine(), "load_avg": _load()}
 
     rng = np.random.default_rng(a.seed)
     supers = rng.standard_normal((a.supers or max(a.clusters // 25, 1), a.d)).astype(np.float32)
@@ -64,11 +91,15 @@ def main() -> None:
     t = time.perf_counter()
     x = mixture(a.n, a.d, centres, spread, weights, rng)
     q = mixture(a.queries, a.d, centres, spread, weights, rng)
+    # Warm-up queries, distinct from the timed ones: both sides are warmed the same way (page faults, BLAS pools)
+    # and neither is timed on queries it has just answered.
+    warm = mixture(min(a.queries, QUERY_BATCH), a.d, centres, spread, weights, rng)
     gen_s = time.perf_counter() - t
 
-    # exact baseline: IndexFlatIP, queries in batches of QUERY_BATCH (faiss' BLAS path; ecosystem.md §6)
+    # exact baseline: IndexFlatIP, queries in batches of QUERY_BATCH (faiss' BLAS path)
     flat = faiss.IndexFlatIP(a.d)
     flat.add(x)
+    flat.search(warm, 10)
     t = time.perf_counter()
     truth = np.vstack([flat.search(q[s:s + QUERY_BATCH], 10)[1] for s in range(0, len(q), QUERY_BATCH)])
     exact_s = time.perf_counter() - t
@@ -78,7 +109,7 @@ def main() -> None:
     index, info = build_index(x, kind=a.kind, metric="cosine", memory_budget_bytes=int(a.memory_budget), seed=a.seed)
     build_total_s = time.perf_counter() - t
     si = SearchIndex(index, info)
-    si.search(q[:QUERY_BATCH], 10)  # warm-up (page faults of the lists), not timed
+    si.search(warm, 10)
     t = time.perf_counter()
     _, found = si.search(q, 10)
     approx_s = time.perf_counter() - t
@@ -91,10 +122,11 @@ def main() -> None:
         "qps_auto": round(qps_auto, 1), "qps_exact": round(qps_exact, 1), "speedup": round(qps_auto / qps_exact, 1),
         "build_s": round(build_total_s, 1), "tune_s": info["tune_seconds"], "gen_s": round(gen_s, 1),
         "index_bytes_estimate": info["bytes_estimate"],
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "peak_rss_gb": round(peak_rss_gb(), 2), "rss_after_imports_gb": round(rss0, 2),
+        "peak_rss_growth_gb": round(peak_rss_gb() - rss0, 2), "data_gb": round(x.nbytes / 1e9, 2),
         "target_met": bool(recall >= 0.95 and qps_auto >= 20 * qps_exact),
-        "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "machine": platform.machine(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__,
+        "command": shlex.join([sys.executable, *sys.argv]), "machine": {**machine, "load_avg_end": _load()},
     }))
 
 

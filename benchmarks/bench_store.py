@@ -3,15 +3,18 @@
     python benchmarks/bench_store.py [--n 1000000] [--dim 768] [--reps 5] [--fsync] [--no-zarrs]
 
 Both sides write into the page cache (``os.sync()`` before every timed write so neither pays for the other's
-writeback); ``--fsync`` adds a durable round (np.save + fsync vs the store's per-unit fsync). Ratios are
-numpy-time / store-time, so >= 1 means the store is as fast as numpy. Targets: write >= 0.3, full scan >= 0.5,
-judged on the median over rounds of back-to-back (numpy, store) pairs; best-of ratios are reported too.
+writeback); the store's write time includes creating it (ids, ledger, metadata) and closing it. ``--fsync`` adds
+a durable round (np.save + fsync vs the store's per-unit fsync). Ratios are numpy-time / store-time, so >= 1 means
+the store is as fast as numpy. Targets: write >= 0.3, full scan >= 0.5, judged on the median over rounds of
+back-to-back (numpy, store) pairs; best-of ratios are reported too.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -45,6 +48,14 @@ def _np_save(path: Path, x: np.ndarray, fsync: bool) -> None:
             os.fsync(f.fileno())
 
 
+def _machine(load_start: list[float]) -> dict:
+    """Cores, CPU model, architecture, load averages at the start and now."""
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                 platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"cores": os.cpu_count(), "cpu_model": model, "arch": platform.machine(), "load_avg": load_start,
+            "load_avg_end": [round(v, 2) for v in os.getloadavg()]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -55,6 +66,7 @@ def main() -> None:
     ap.add_argument("--no-zarrs", action="store_true", help="use zarr-python's own codec pipeline")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed at the end)")
     args = ap.parse_args()
+    load_start = [round(v, 2) for v in os.getloadavg()]
     if args.no_zarrs:
         zio.zarrs_available = lambda: False  # noqa: E731 - benchmark switch
 
@@ -81,22 +93,24 @@ def main() -> None:
         _np_save(work / f"x{r}.npy", x, durable)
         t_np = time.perf_counter() - t0
         target = work / f"x{r}.zarr"
+        os.sync()
+        # Creation (writing the ids, the ledger and the metadata) is part of writing a store: timed with the units,
+        # no sync between them, as np.save's header is timed with its data.
         t0 = time.perf_counter()
         st = EmbeddingStore.create(target, ids=ids, views={"cls": args.dim}, provenance=prov, durable=durable)
         t_create = time.perf_counter() - t0
-        os.sync()
-        t0 = time.perf_counter()
         for u in range(st.n_units):
             sl = st.unit_slice(u)
             st.write_unit(u, {"cls": x[sl]})
-        t_store = time.perf_counter() - t0
         st.close()
+        t_store = time.perf_counter() - t0
         paths.append(target)
         return t_np, t_store, t_create
 
     w = [write_round(False) for _ in range(args.reps)]
     t_np_save, t_store_write = min(t[0] for t in w), min(t[1] for t in w)
-    result: dict = {"bench": "store", "n": args.n, "dim": args.dim, "dtype": "float16",
+    result: dict = {"bench": "store", "command": shlex.join([sys.executable, *sys.argv]), "n": args.n,
+                    "dim": args.dim, "dtype": "float16",
                     "zarrs": zio.zarrs_available(), "reps": args.reps}
     if args.fsync:
         t_np_sync, t_store_sync, _ = write_round(True)
@@ -124,7 +138,8 @@ def main() -> None:
     size, files = st.size_on_disk()
     gb = x.nbytes / 1e9
     result.update(
-        np_save_s=round(t_np_save, 3), store_write_s=round(t_store_write, 3), store_create_s=round(min(t[2] for t in w), 3),
+        np_save_s=round(t_np_save, 3), store_write_s=round(t_store_write, 3),
+        store_write_includes_create=True, store_create_s=round(min(t[2] for t in w), 3),
         write_ratio_median_of_rounds=round(float(np.median([a / b for a, b, _ in w])), 3),
         scan_ratio_median_of_rounds=round(float(np.median([a / b for a, b in reads])), 3),
         write_ratio=round(t_np_save / t_store_write, 3), write_gb_s=round(gb / t_store_write, 2),
@@ -141,6 +156,7 @@ def main() -> None:
     )
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
+    result["machine"] = _machine(load_start)
     print(json.dumps(result))
 
 

@@ -125,4 +125,6 @@ def test_linear_grid_on_float16_stays_well_below_one_float32_copy():
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m["probs_ok"] and m["epochs"] == 2
     assert m["float32_copy_mb"] > 80, m  # the measurement is sensitive enough to see what it guards against
-    assert m["fit_extra_mb"] < 40, m
+    # Half a float32 copy: the O(batch x D) working set (bfloat16 matmuls' packing included) stays well under it,
+    # and any copy of the training rows, even in 16 bits (44 MB), on top of that working set would cross it.
+    assert m["fit_extra_mb"] < 0.5 * m["float32_copy_mb"], m
