@@ -93,7 +93,8 @@ class Progress:
         self.update(self.done + n, **fields)
 
     def update(self, done: int, total: int | None = None, **fields: Any) -> None:
-        """Set the number of done units; ``fields`` (e.g. ``loss=0.31``) are shown after the rate."""
+        """Set the number of done units; ``fields`` (e.g. ``loss=0.31``; a second rate as ``**{"img/s": 35.2}``)
+        are shown after the rate."""
         if self.mode == "off":
             return
         now = time.monotonic()
@@ -142,7 +143,7 @@ class Progress:
             tail = f", elapsed {_hms(elapsed)}, ETA {_hms(eta) if self.done < self.total else '0:00:00'}"
         else:
             head, tail = f"{self.description}: {self.done}", f", elapsed {_hms(elapsed)}"
-        extra = "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}" for k, v in self._fields.items())
+        extra = "".join(f", {_field(k, v)}" for k, v in self._fields.items())
         return f"{head}, {rate:.1f} {self.unit}/s{extra}{tail}"
 
     def _line(self, now: float) -> None:
@@ -166,10 +167,17 @@ class Progress:
             )
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=max(self.total or 0, 1), rate="")
-        extra = "".join(f" {k} {v:.4g}" if isinstance(v, float) else f" {k} {v}" for k, v in self._fields.items())
+        extra = "".join(f" {_field(k, v)}" for k, v in self._fields.items())
         rate = self.rate()
         self._bar.update(self._task, completed=self.done, total=max(self.total or 0, 1),
                          rate=(f"{rate:.1f} {self.unit}/s" if rate else "") + extra)
+
+
+def _field(name: str, value: Any) -> str:
+    """``loss 0.3125``; a rate (a name ending in ``/s``, e.g. ``img/s``) reads ``35.2 img/s``."""
+    if name.endswith("/s") and isinstance(value, (int, float)):
+        return f"{value:.1f} {name}"
+    return f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
 
 
 def _stderr_is_terminal() -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 from probes.errors import ProbeError
 
@@ -17,7 +17,11 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only: importing the registry
 
 
 class Probe(Protocol):
-    """What every head offers after ``fit``."""
+    """What every head offers after ``fit``.
+
+    A head's ``fit`` may also take a keyword ``progress`` (a :data:`ProgressFn`): :func:`probes.runner.run_probe`
+    passes it to heads whose ``fit`` accepts it and to no other; :class:`FitProgress` writes its events.
+    """
 
     kind: str
     best_params_: dict
@@ -30,6 +34,64 @@ class Probe(Protocol):
     def predict_proba(self, x) -> np.ndarray: ...
 
     def state_dict(self) -> dict[str, np.ndarray]: ...
+
+
+#: ``progress(event)``: receives a head's training events (a plain callable: ``probes`` never prints).
+ProgressFn = Callable[[dict], None]
+
+
+class FitProgress:
+    """Training events of a gradient-trained head for an optional :data:`ProgressFn`; a no-op without one.
+
+    Each event is a dict: ``event`` (``"step"`` after an optimiser step, ``"epoch"`` after an epoch's validation,
+    ``"end"`` from :meth:`finish`), ``epoch``/``epochs`` (1-based, within the current training run; not on ``end``),
+    ``step``/``steps`` (step events),
+    ``done``/``total`` (steps of the whole fit: a sweep of ``runs`` runs of ``epochs`` epochs of ``steps`` steps;
+    a run that stops early jumps ``done`` to its end, so ``total`` stays exact), and the head's figures on epoch
+    events (``loss``, ``val_auroc``, ``val_loss``, ``lr``, ...).
+
+    Parameters
+    ----------
+    progress : ProgressFn or None
+    epochs : int
+        Epoch budget of one run.
+    steps : int
+        Optimiser steps per epoch.
+    runs : int
+        Runs trained one after another (the mlp head's learning rates); 1 for a grid trained together.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> rep = FitProgress(seen.append, epochs=2, steps=3)
+    >>> rep.step(1, 3); rep.epoch(2, last=True, val_auroc=0.8)
+    >>> [(e["event"], e["done"], e["total"]) for e in seen]
+    [('step', 3, 6), ('epoch', 6, 6)]
+    """
+
+    def __init__(self, progress: ProgressFn | None, *, epochs: int, steps: int, runs: int = 1) -> None:
+        self.progress, self.epochs, self.steps, self.runs = progress, int(epochs), max(int(steps), 1), int(runs)
+        self.total = self.runs * self.epochs * self.steps
+
+    def step(self, epoch: int, step: int, *, run: int = 0) -> None:
+        """After optimiser step ``step`` (1-based) of ``epoch`` (1-based) of run ``run`` (0-based)."""
+        if self.progress is not None:
+            done = ((run * self.epochs) + epoch - 1) * self.steps + step
+            self.progress({"event": "step", "epoch": epoch, "epochs": self.epochs, "step": step,
+                           "steps": self.steps, "done": done, "total": self.total})
+
+    def epoch(self, epoch: int, *, run: int = 0, last: bool = False, **figures: Any) -> None:
+        """After ``epoch``'s validation; ``last``: the run stops here (early stopping or its budget's end)."""
+        if self.progress is not None:
+            done = ((run + 1) * self.epochs if last else run * self.epochs + epoch) * self.steps
+            self.progress({"event": "epoch", "epoch": epoch, "epochs": self.epochs, "done": done,
+                           "total": self.total, **figures})
+
+    def finish(self) -> None:
+        """After the fit, for heads that learn only later that an epoch was their last: an ``"end"`` event with
+        ``done == total``."""
+        if self.progress is not None:
+            self.progress({"event": "end", "done": self.total, "total": self.total})
 
 
 #: Options of a gradient-trained head's loop (``probe --lr/--batch-size/--epochs`` and protocol recipes).

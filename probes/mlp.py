@@ -25,6 +25,7 @@ import numpy as np
 
 from probes._common import check_xy, positive_weights, resolve_device, rows_per_chunk
 from probes.errors import ProbeError
+from probes.heads import FitProgress, ProgressFn
 from probes.metrics import auroc, mean_over_labels
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,12 @@ class MLPProbe:
             raise ProbeError(f"The 'select' option of the mlp head must be one of {', '.join(SELECT_RULES)}. "
                              f"Got {c.select!r}.")
 
-    def fit(self, x_train, y_train, x_val, y_val) -> MLPProbe:
+    def fit(self, x_train, y_train, x_val, y_val, *, progress: ProgressFn | None = None) -> MLPProbe:
         """Train on ``(x_train (N, D), y_train (N, K))``; select on ``(x_val (M, D), y_val (M, K))``.
 
-        ``x_train`` and ``x_val`` may be float16 or float32; they are kept in their dtype.
+        ``x_train`` and ``x_val`` may be float16 or float32; they are kept in their dtype. ``progress`` receives
+        step and epoch events (:class:`probes.heads.FitProgress`; epoch events carry ``lr``, the epoch's mean
+        training ``loss``, ``val_loss`` and ``val_auroc``).
         """
         import torch
 
@@ -135,7 +138,7 @@ class MLPProbe:
         self.results_, self.history_ = [], []
         # Initialisation and dropout draw from torch's global RNG: fork it so fitting leaves the caller's alone.
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-            best = self._sweep(c, xt, yt, x_val, y_val, pw_t, dev, n, d, k)
+            best = self._sweep(c, xt, yt, x_val, y_val, pw_t, dev, n, d, k, progress)
         if best[1] is None:
             raise ProbeError("no label has both classes in the validation split; cannot select the mlp head.")
         self.best_val_auroc_ = float(best[2]["val_auroc"])
@@ -148,7 +151,7 @@ class MLPProbe:
         self.model_.eval()
         return self
 
-    def _sweep(self, c, xt, yt, x_val, y_val, pw_t, dev, n: int, d: int, k: int):
+    def _sweep(self, c, xt, yt, x_val, y_val, pw_t, dev, n: int, d: int, k: int, progress):
         """Train one run per lr; return ``(criterion, state, info)`` of the selected epoch (criterion: higher is
         better, i.e. AUROC or minus the loss)."""
         import torch
@@ -157,7 +160,8 @@ class MLPProbe:
         stop = n - c.batch_size + 1 if c.drop_last else n
         yv = torch.from_numpy(np.ascontiguousarray(y_val, dtype=np.float32))
         best = (-np.inf, None, None)
-        for lr in c.lrs:
+        report = FitProgress(progress, epochs=c.max_epochs, steps=len(range(0, stop, c.batch_size)), runs=len(c.lrs))
+        for run, lr in enumerate(c.lrs):
             torch.manual_seed(c.seed)  # same init for every lr: the sweep compares learning rates only
             gen = torch.Generator().manual_seed(c.seed)
             model = build_mlp(d, k, hidden=c.hidden, dropout=c.dropout).to(dev)
@@ -167,12 +171,15 @@ class MLPProbe:
                 t0 = time.perf_counter()
                 model.train()
                 perm = torch.randperm(n, generator=gen).to(dev)
-                for i in range(0, stop, c.batch_size):
+                loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
+                for step, i in enumerate(range(0, stop, c.batch_size), 1):
                     idx = perm[i : i + c.batch_size]
                     loss = masked_bce(model(xt[idx].float()), yt[idx], pw_t)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    loss_sum += loss.detach()
+                    report.step(epoch, step, run=run)
                 logits = self._predict(model, x_val, dev)
                 score = mean_over_labels(auroc(y_val, logits))
                 val_loss = float(masked_bce(torch.from_numpy(logits), yv, pw_t.cpu()))
@@ -187,8 +194,11 @@ class MLPProbe:
                     run_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
                 else:
                     stale += 1
-                    if c.patience is not None and stale >= c.patience:
-                        break
+                stopping = epoch == c.max_epochs or (c.patience is not None and stale >= c.patience)
+                report.epoch(epoch, run=run, last=stopping, lr=lr, loss=float(loss_sum) / report.steps,
+                             val_loss=val_loss, val_auroc=score)
+                if stopping:
+                    break
             self.results_.append({"lr": lr, "weight_decay": c.weight_decay,
                                   "val_auroc": run_info["val_auroc"] if run_info else float("nan"),
                                   "val_loss": run_info["val_loss"] if run_info else float("nan"),

@@ -11,6 +11,7 @@ not meant for 800k x 4096 (use ``linear``).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 from probes.bootstrap import BootstrapPlan, ids_hash
 from probes.errors import ProbeError
 from probes.evaluate import Evaluation, evaluate
-from probes.heads import Probe, make_probe
+from probes.heads import Probe, ProgressFn, make_probe
 from probes.metrics import ThresholdMode, ThresholdRule, youden_thresholds
 from probes.splits import subsample_train
 
@@ -33,6 +34,14 @@ def _take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if rows.size and rows[-1] - rows[0] + 1 == rows.size and (rows.size == 1 or np.all(np.diff(rows) == 1)):
         return x[int(rows[0]) : int(rows[-1]) + 1]
     return x[rows]
+
+
+def _takes_progress(probe: Probe) -> bool:
+    """Whether the head's ``fit`` accepts ``progress=`` (heads may; the others are fitted without it)."""
+    try:
+        return "progress" in inspect.signature(probe.fit).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def canonical_test_rows(ids: Sequence[str], split: np.ndarray) -> np.ndarray:
@@ -90,6 +99,7 @@ def run_probe(
     youden_rule: ThresholdRule = "ge",
     device: str = "cpu",
     head_options: dict | None = None,
+    progress: ProgressFn | None = None,
 ) -> RunResult:
     """Fit a head on the train split, select and threshold on val, evaluate on test.
 
@@ -121,6 +131,9 @@ def run_probe(
     device : str
     head_options : dict, optional
         Passed to ``make_probe``.
+    progress : callable(dict), optional
+        Receives the head's training events (:class:`probes.heads.FitProgress`) when its ``fit`` takes a
+        ``progress`` keyword (mlp); other heads train without reporting.
 
     Returns
     -------
@@ -147,7 +160,8 @@ def run_probe(
     timings = {}
     t0 = time.perf_counter()
     probe = make_probe(head, seed=seed, device=device, **(head_options or {}))
-    probe.fit(_take_rows(x, tr), y[tr], _take_rows(x, va), y[va])
+    report = {"progress": progress} if progress is not None and _takes_progress(probe) else {}
+    probe.fit(_take_rows(x, tr), y[tr], _take_rows(x, va), y[va], **report)
     timings["fit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = probe.predict_proba(x)

@@ -107,6 +107,7 @@ def probe(
     subgroups: bool = True,
     age_bands: Sequence[float] = (0, 40, 60, 80),
     say: Callable[[str], None] | None = None,
+    progress: Callable[[dict], None] | None = None,
 ) -> ProbeResult:
     """Train probe heads on a store's features; evaluate each on the test split with bootstrap CIs.
 
@@ -163,6 +164,9 @@ def probe(
         Lower bounds of the subgroup age bands (increasing, >= 0).
     say : callable(str), optional
         Receives each message meant for the user (default: the module logger).
+    progress : callable(dict), optional
+        Receives the head's training events (step and epoch, :class:`probes.heads.FitProgress`; the mlp head
+        reports them), each with ``head``, ``run`` (1-based) and ``runs`` added.
 
     Returns
     -------
@@ -232,29 +236,36 @@ def probe(
             "youden_rule": recipe.youden_rule, "protocol": recipe.protocol, "head_options": recipe.head_options,
             "store": data.store_info, "provenance": data.identity, "split": data.split_info,
             "bootstrap": {**plan.describe(), "requested": bootstrap, "unit": unit}}
-    multi = len(fractions) * seeds > 1
+    n_runs = len(fractions) * seeds
+    multi = n_runs > 1
     docs = []
-    for frac in fractions:
-        for s in range(seed, seed + seeds):
-            run_dir = out / f"frac{frac:g}-seed{s}" if multi else out
-            if multi and (run_dir / "metrics.json").exists() and not overwrite:
-                from probes.report import load_run
+    for i, (frac, s) in enumerate(((f, s) for f in fractions for s in range(seed, seed + seeds)), 1):
+        run_dir = out / f"frac{frac:g}-seed{s}" if multi else out
+        which = f"run {i}/{n_runs}: fraction {frac:g} seed {s}" if multi else f"fraction {frac:g}, seed {s}"
+        if multi and (run_dir / "metrics.json").exists() and not overwrite:
+            from probes.report import load_run
 
-                tell(f"{run_dir} is done; skipping (resume)")
-                done = load_run(run_dir).metrics
-                if subgroups and "subgroups" not in done:
-                    done["subgroups"] = _subgroups(run_dir, store, age_bands, tell)
-                docs.append(done)
-                continue
-            tell(f"probe {head} on {features}: fraction {frac:g}, seed {s} ...")
-            docs.append(_one_run(data, run_dir, head=head, frac=frac, seed=s, plan=plan, plan_path=plan_path,
-                                 thresholds=thresholds, youden_rule=recipe.youden_rule, device=dev,
-                                 options=recipe.head_options,
-                                 meta=meta, load_s=load_s, overwrite=overwrite, tell=tell))
-            if subgroups:
-                docs[-1]["subgroups"] = _subgroups(run_dir, store, age_bands, tell)
+            tell(f"{which}: {run_dir} is done; skipping (resume)")
+            done = load_run(run_dir).metrics
+            if subgroups and "subgroups" not in done:
+                done["subgroups"] = _subgroups(run_dir, store, age_bands, tell)
+            docs.append(done)
+            continue
+        tell(f"{which}: probe {head} on {features} ...")
+        report = None if progress is None else _with_run(progress, head, i, n_runs)
+        docs.append(_one_run(data, run_dir, head=head, frac=frac, seed=s, plan=plan, plan_path=plan_path,
+                             thresholds=thresholds, youden_rule=recipe.youden_rule, device=dev,
+                             options=recipe.head_options, progress=report,
+                             meta=meta, load_s=load_s, overwrite=overwrite, tell=tell))
+        if subgroups:
+            docs[-1]["subgroups"] = _subgroups(run_dir, store, age_bands, tell)
     summary = write_summary(out, docs) if multi else None
     return ProbeResult(out=out, runs=docs, summary=summary, notes=notes)
+
+
+def _with_run(progress: Callable[[dict], None], head: str, run: int, runs: int) -> Callable[[dict], None]:
+    """``progress`` with the head's name and the run's place (``run`` 1-based of ``runs``) added to each event."""
+    return lambda ev: progress({**ev, "head": head, "run": run, "runs": runs})
 
 
 def _subgroups(run_dir: Path, store: str | Path, age_bands: Sequence[float], tell) -> dict | None:
@@ -275,7 +286,7 @@ def _device(device: str) -> str:
 
 
 def _one_run(data: ProbeData, run_dir: Path, *, head, frac, seed, plan, plan_path, thresholds, youden_rule, device,
-             options, meta, load_s, overwrite, tell) -> dict:
+             options, progress, meta, load_s, overwrite, tell) -> dict:
     from probes.metrics import SingleClassWarning
     from probes.report import write_run
     from probes.runner import run_probe
@@ -284,7 +295,7 @@ def _one_run(data: ProbeData, run_dir: Path, *, head, frac, seed, plan, plan_pat
         warnings.simplefilter("always", SingleClassWarning)
         res = run_probe(data.x, data.y, split=data.split, ids=data.ids, head=head, label_names=data.label_names,
                         groups=data.units, label_fraction=frac, seed=seed, plan=plan, threshold_mode=thresholds,
-                        youden_rule=youden_rule, device=device, head_options=options)
+                        youden_rule=youden_rule, device=device, head_options=options, progress=progress)
     for w in caught:
         if issubclass(w.category, SingleClassWarning):
             tell(f"warning: {w.message}")

@@ -1,51 +1,43 @@
 """``embedkit finetune``: train a backbone + linear head end to end; evaluated and written like a probe run."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from embedkit.cli._common import bad_parameter, check_out, err_console, out_console, print_json
+from embedkit.cli._common import bad_parameter, check_out, out_console, print_json
 
 
-class _StepProgress:
-    """Step progress on stderr: a rich bar in a terminal, else a plain line every ``every`` seconds."""
+class _TrainProgress:
+    """Finetune's step events -> :class:`embedkit.progress.Progress` (steps of the whole run; epoch, step, loss,
+    lr and img/s shown with it). Epoch summaries come through ``log`` (also in train.log)."""
 
-    def __init__(self, enabled: bool, every: float = 5.0) -> None:
-        self.enabled, self.every = enabled, every
-        self.tty = sys.stderr.isatty()
-        self._last = 0.0
-        self._bar = None
-        self._task = None
+    def __init__(self) -> None:
+        from embedkit.progress import Progress
+
+        self.bar = Progress("finetune", unit="step")
+        self._images = 0
+        self._start: tuple[float, int] | None = None  # clock and images at the first step: loading is not counted
 
     def __call__(self, ev: dict) -> None:
-        if not self.enabled or ev["event"] != "step":
-            if ev["event"] == "epoch":
-                self.close()
+        if ev["event"] == "epoch" and ev["epoch"] >= ev["epochs"]:
+            self.bar.close()  # training is over: its last line before the evaluation's messages
+        if ev["event"] != "step":
             return
-        if self.tty:
-            if self._bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        now = time.monotonic()
+        self._images += int(ev.get("images", 0))
+        if self._start is None:
+            self._start = (now, self._images)
+        t0, i0 = self._start
+        rate = (self._images - i0) / (now - t0) if now > t0 else 0.0
+        self.bar.update(ev["global_step"], ev["epochs"] * ev["steps"], epoch=f"{ev['epoch']}/{ev['epochs']}",
+                        step=f"{ev['step']}/{ev['steps']}", loss=float(ev["loss"]), lr=float(ev["lr"]),
+                        **{"img/s": rate})
 
-                self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                     console=err_console(), transient=True)
-                self._bar.start()
-                self._task = self._bar.add_task("train", total=ev["steps"], epoch=ev["epoch"], loss="")
-            self._bar.update(self._task, completed=ev["step"], loss=f"{ev['loss']:.4f}",
-                             epoch=f"{ev['epoch']}/{ev['epochs']}")
-        elif time.monotonic() - self._last >= self.every or ev["step"] == ev["steps"]:
-            self._last = time.monotonic()
-            typer.echo(f"epoch {ev['epoch']}/{ev['epochs']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f} "
-                       f"lr {ev['lr']:.3g}", err=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+    def close(self, *, success: bool = True) -> None:
+        self.bar.close(success=success)
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -123,10 +115,9 @@ def register(app: typer.Typer) -> None:
 
         bands = parse_age_bands(age_bands, "finetune")
         check_out(out, noun="finetune run", is_ours=lambda p: (p / "finetune.json").exists())
-        bar = _StepProgress(enabled=not json_out)
+        bar = _TrainProgress()  # stderr only: --json keeps stdout to the one document
 
         def log(msg: str) -> None:
-            bar.close()
             if not json_out:
                 typer.echo(msg, err=True)
 
@@ -139,8 +130,10 @@ def register(app: typer.Typer) -> None:
                                   boot_seed=boot_seed, bootstrap=bootstrap, allow_download=download,  # type: ignore[arg-type]
                                   split_unit=split_unit, allow_leak=allow_leak,  # type: ignore[arg-type]
                                   subgroups=not no_subgroups, age_bands=bands, progress=bar, log=log)
-        finally:
-            bar.close()
+        except BaseException:
+            bar.close(success=False)
+            raise
+        bar.close()
         doc = result.metrics
         if result.already_done and not json_out:
             typer.echo(f"{out} is already finished; showing its metrics", err=True)

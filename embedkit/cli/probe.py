@@ -38,6 +38,36 @@ def _is_probe_output(path: Path) -> bool:
         (d / "metrics.json").exists() for d in path.iterdir() if d.is_dir())
 
 
+class _HeadProgress:
+    """A head's training events (:class:`probes.heads.FitProgress`, with ``head``, ``run``, ``runs``) -> one
+    :class:`embedkit.progress.Progress` per run: steps done/total, epoch, and the last epoch's figures."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self._run = None
+
+    def __call__(self, ev: dict) -> None:
+        from embedkit.progress import Progress
+
+        run, runs = ev.get("run", 1), ev.get("runs", 1)
+        if self.bar is None or run != self._run:
+            self.close()
+            self._run = run
+            where = f" run {run}/{runs}" if runs > 1 else ""
+            self.bar = Progress(f"probe {ev.get('head', 'head')}{where}", unit="step")
+        fields = {"epoch": f"{ev['epoch']}/{ev['epochs']}"} if "epoch" in ev else {}
+        if ev["event"] != "step":
+            fields.update({k: float(ev[k]) for k in ("lr", "loss", "val_loss", "val_auroc") if k in ev})
+        self.bar.update(ev["done"], ev["total"], **fields)
+        if ev["done"] >= ev["total"] and ev["event"] != "step":
+            self.close()  # the head is trained: its last line before the run's messages
+
+    def close(self, *, success: bool = True) -> None:
+        if self.bar is not None:
+            self.bar.close(success=success)
+            self.bar = None
+
+
 def _fmt(v, digits: int = 4) -> str:
     return "nan" if v is None or v != v else f"{v:.{digits}f}"
 
@@ -183,18 +213,26 @@ def register(app: typer.Typer) -> None:
         check_out(out, noun="probe run", is_ours=_is_probe_output,
                   overwrite=None if len(fractions) * seeds > 1 else overwrite)
 
+        bar = _HeadProgress()  # stderr only: --json keeps stdout to the one document
+
         def say(msg: str) -> None:
+            bar.close()
             if not json_out:
                 typer.echo(msg, err=True)
 
-        result = probe(
-            store, out, head=head, features=features,
-            labels=[s for s in labels.split(",")] if labels else None, label_fractions=fractions, seeds=seeds,
-            seed=seed, n_boot=n_boot, bootstrap=bootstrap, boot_seed=boot_seed, boot_dir=boot_dir,
-            thresholds=thresholds, protocol=protocol,
-            head_options={"lr": lr, "batch_size": batch_size, "epochs": epochs}, device=device,
-            split_unit=split_unit, allow_partial=allow_partial, allow_leak=allow_leak, overwrite=overwrite,
-            subgroups=not no_subgroups, age_bands=bands, say=say)
+        try:
+            result = probe(
+                store, out, head=head, features=features,
+                labels=[s for s in labels.split(",")] if labels else None, label_fractions=fractions, seeds=seeds,
+                seed=seed, n_boot=n_boot, bootstrap=bootstrap, boot_seed=boot_seed, boot_dir=boot_dir,
+                thresholds=thresholds, protocol=protocol,
+                head_options={"lr": lr, "batch_size": batch_size, "epochs": epochs}, device=device,
+                split_unit=split_unit, allow_partial=allow_partial, allow_leak=allow_leak, overwrite=overwrite,
+                subgroups=not no_subgroups, age_bands=bands, say=say, progress=bar)
+        except BaseException:
+            bar.close(success=False)
+            raise
+        bar.close()
         if json_out:
             print_json(result.summary if result.summary is not None else result.runs[0])
             return

@@ -188,6 +188,9 @@ def test_probe_fractions_and_seeds_make_sub_runs_and_resume(tmp_path, stores_dir
             "--n-boot", 20, "--device", "cpu")
     r = _invoke(*args)
     assert r.exit_code == 0, r.output
+    assert [x.split(": probe")[0] for x in r.output.splitlines() if x.startswith("run ")] == [
+        "run 1/4: fraction 0.5 seed 0", "run 2/4: fraction 0.5 seed 1", "run 3/4: fraction 1 seed 0",
+        "run 4/4: fraction 1 seed 1"]
     subs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert subs == ["frac0.5-seed0", "frac0.5-seed1", "frac1-seed0", "frac1-seed1"]
     summary = json.loads((out / "summary.json").read_text())
