@@ -38,6 +38,7 @@ import numpy as np
 
 from probes._common import check_xy, positive_weights, resolve_device, rows_per_chunk, select_best, standardizer
 from probes.errors import ProbeError
+from probes.heads import FitProgress
 from probes.metrics import mean_over_labels
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class LinearGridProbe:
     def n_heads(self) -> int:
         return len(self.config.lrs) * len(self.config.weight_decays)
 
-    def fit(self, x_train, y_train, x_val, y_val) -> LinearGridProbe:
+    def fit(self, x_train, y_train, x_val, y_val, *, progress=None) -> LinearGridProbe:
         """Train every head on ``(x_train, y_train)``; keep each head's best epoch and the best head on val.
 
         Parameters
@@ -161,6 +162,8 @@ class LinearGridProbe:
         y_train : array (N, K) float, NaN = unknown
         x_val : array (M, D) float
         y_val : array (M, K) float, NaN = unknown
+        progress : callable(dict), optional
+            Receives step and epoch events (:class:`probes.heads.FitProgress`).
 
         Returns
         -------
@@ -217,6 +220,7 @@ class LinearGridProbe:
         stale = 0
         top = -np.inf
         xbuf = torch.empty(min(bs, n), d, dtype=mdt, device=dev)
+        report = FitProgress(progress, epochs=c.max_epochs, steps=-(-n // bs))
         for epoch in range(1, c.max_epochs + 1):
             t0 = time.perf_counter()
             ha = active.size
@@ -233,6 +237,7 @@ class LinearGridProbe:
                 z = torch.sigmoid_(torch.addmm(b, xb, w).float()).view(nb, ha, k)
                 g = torch.addcmul(ac[:, None, k:], z, ac[:, None, :k]).to(mdt).view(nb, ha * k)
                 st.step(xb.T @ g, g.sum(0, dtype=torch.float32))
+                report.step(epoch, i // bs + 1)
             trained[active] += 1
             val = self._val_scores(xv, st.wb, y_val, ha, k, shift=shift, inv=inv)
             improved = val > best_score[active]
@@ -244,6 +249,7 @@ class LinearGridProbe:
             self.history_.append({"epoch": epoch, "heads": int(ha), "best_val_auroc": epoch_top,
                                   "seconds": time.perf_counter() - t0})
             logger.info("linear grid epoch %d (%d heads): best val mean AUROC %.4f", epoch, ha, epoch_top)
+            report.epoch(epoch, val_auroc=epoch_top, heads=int(ha))
             if epoch_top > top + 1e-5:
                 top, stale = epoch_top, 0
             else:
@@ -256,6 +262,7 @@ class LinearGridProbe:
                 order = np.sort(np.lexsort((active, -np.nan_to_num(best_score[active], nan=-np.inf)))[:keep])
                 st.keep(col(order))
                 active = active[order]
+        report.finish()
         if not np.isfinite(best_score).any():
             raise ProbeError("no label has both classes in the validation split; cannot select a head. "
                              "Use a larger validation split.")
