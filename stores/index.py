@@ -35,6 +35,7 @@ from stores.index_plan import (  # noqa: F401 - re-exported: the decision rules 
     RECALL_TARGET,
     FLAT_MAX_N,
     MIN_SPEEDUP,
+    INDEX_KINDS,
     IndexPlan,
     parse_size,
     ivf_nlist,
@@ -385,12 +386,12 @@ class SearchIndex:
     def _params(self, sel):
         import faiss
 
-        p, kind = self.info.get("search_params", {}), self.info["kind"]
-        if kind == "hnsw":
+        p, tune = self.info.get("search_params", {}), INDEX_KINDS[self.info["kind"]].tune
+        if tune == "efSearch":
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(p.get("efSearch", 16)))
-        if kind == "flat":
-            return faiss.SearchParameters(sel=sel)
-        return faiss.SearchParametersIVF(sel=sel, nprobe=int(p.get("nprobe", 1)))
+        if tune == "nprobe":
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(p.get("nprobe", 1)))
+        return faiss.SearchParameters(sel=sel)
 
 
 def index_dir(store_path: str | os.PathLike, features: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -17,7 +17,6 @@ from stores.errors import StoreError
 
 Kind = Literal["auto", "flat", "hnsw", "ivf", "ivfpq"]
 Metric = Literal["cosine", "l2"]
-KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 METRICS = ("cosine", "l2")
 RECALL_TARGET = 0.95
 # Below this many rows an exhaustive scan is a few milliseconds per query: nothing to gain from approximation.
@@ -120,12 +119,130 @@ def _powers(limit: int, start: int = 1) -> tuple[int, ...]:
     return tuple(vals) + (limit,)
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """The numbers every kind's plan is made from: ``n`` vectors of ``d`` dims within ``budget`` bytes."""
+
+    n: int
+    d: int
+    budget: int
+
+    @property
+    def flat_bytes(self) -> int:
+        return self.n * (4 * self.d + _ID_BYTES)
+
+    @property
+    def nlist(self) -> int:
+        return ivf_nlist(self.n)
+
+    @property
+    def centroids(self) -> int:
+        return self.nlist * 4 * self.d
+
+    @property
+    def train(self) -> int:
+        return min(self.n, 48 * self.nlist)
+
+    @property
+    def per_vector(self) -> float:
+        """Bytes per vector left for codes once ids and centroids are paid for."""
+        return self.budget / self.n - 2 * _ID_BYTES - self.centroids / self.n
+
+
+@dataclass(frozen=True)
+class IndexKind:
+    """One index kind of the registry: how to plan it and which search parameter it tunes.
+
+    Attributes
+    ----------
+    name : str
+        ``--kind`` value (and ``index.json``'s ``kind``).
+    description : str
+        One line for help texts.
+    plan : callable(Sizes, reason) -> IndexPlan or None
+        The plan for these sizes, or None when the kind cannot fit the budget.
+    tune : {"nprobe", "efSearch"} or None
+        The faiss search parameter raised until the recall target is met (None: exact).
+    requestable : bool
+        Offered as ``--kind`` (False: only ``auto`` picks it).
+    """
+
+    name: str
+    description: str
+    plan: Callable[[Sizes, str], IndexPlan | None]
+    tune: str | None
+    requestable: bool = True
+
+
+INDEX_KINDS: dict[str, IndexKind] = {}
+
+
+def register_index_kind(kind: IndexKind) -> IndexKind:
+    """Add ``kind`` to :data:`INDEX_KINDS` (one registered spec per kind; help texts and tests iterate it)."""
+    INDEX_KINDS[kind.name] = kind
+    return kind
+
+
+def _flat(z: Sizes, reason: str) -> IndexPlan | None:
+    if z.flat_bytes > z.budget:
+        return None
+    return IndexPlan("flat", "Flat", z.flat_bytes, None, (), 0, reason)
+
+
+def _hnsw(z: Sizes, reason: str) -> IndexPlan | None:
+    m = hnsw_m(z.n, z.d, z.budget)
+    if m is None:
+        return None
+    return IndexPlan("hnsw", f"HNSW{m},Flat", z.n * (4 * z.d + 8 * m + _ID_BYTES), "efSearch",
+                     _powers(4096, start=16), 0, f"{reason} (M={m})")
+
+
+def _ivf(z: Sizes, reason: str) -> IndexPlan | None:
+    if z.flat_bytes + z.centroids > z.budget:
+        return None
+    return IndexPlan("ivf", f"IVF{z.nlist},Flat", z.flat_bytes + z.centroids, "nprobe", _powers(z.nlist), z.train,
+                     reason)
+
+
+def _ivfsq(z: Sizes, reason: str) -> IndexPlan | None:
+    size = z.n * (2 * z.d + _ID_BYTES) + z.centroids
+    if size > z.budget:
+        return None
+    return IndexPlan("ivfsq", f"IVF{z.nlist},SQfp16", size, "nprobe", _powers(z.nlist), z.train, reason)
+
+
+def _ivfpq(z: Sizes, reason: str) -> IndexPlan | None:
+    # Refine with 8-bit scalar codes (d bytes) when they fit: PQ alone caps recall (0.28 at m=96 on 200k x 768, 0.85
+    # with a refine).
+    refine_m = pq_m(z.d, min(z.per_vector - z.d, z.d / 4))
+    if refine_m is not None:
+        return IndexPlan("ivfpq", f"IVF{z.nlist},PQ{refine_m}x8,Refine(SQ8)",
+                         z.n * (refine_m + z.d + 2 * _ID_BYTES) + z.centroids, "nprobe", _powers(z.nlist), z.train,
+                         reason + " (SQ8 refine)", {"k_factor": 8})
+    m = pq_m(z.d, min(z.per_vector, z.d / 2))
+    if m is None:
+        return None
+    return IndexPlan("ivfpq", f"IVF{z.nlist},PQ{m}x8", z.n * (m + _ID_BYTES) + z.centroids, "nprobe",
+                     _powers(z.nlist), z.train, reason + " (no refine: recall may miss the target)")
+
+
+register_index_kind(IndexKind("flat", "exact search over the raw vectors", _flat, None))
+register_index_kind(IndexKind("hnsw", "HNSW graph over the raw vectors (M from the budget)", _hnsw, "efSearch"))
+register_index_kind(IndexKind("ivf", "inverted lists over the raw vectors (IVF-Flat)", _ivf, "nprobe"))
+register_index_kind(IndexKind("ivfsq", "inverted lists over fp16 codes", _ivfsq, "nprobe", requestable=False))
+register_index_kind(IndexKind("ivfpq", "inverted lists over PQ codes (+ SQ8 refine when it fits)", _ivfpq, "nprobe"))
+
+#: ``--kind`` values: ``auto`` plus every requestable registered kind.
+KINDS = ("auto", *(k for k, spec in INDEX_KINDS.items() if spec.requestable))
+
+
 def choose_index(n: int, d: int, *, memory_budget_bytes: int, kind: Kind = "auto") -> IndexPlan:
     """Pick an index for ``n`` vectors of ``d`` dims within ``memory_budget_bytes`` (pure; no faiss).
 
-    ``auto``: Flat below ``FLAT_MAX_N`` rows; else IVF-Flat if the raw vectors fit (on this CPU IVF-Flat builds
-    ~7x faster than HNSW32 for the same recall: 8 s against 54 s at 200k x 768, faiss-cpu 1.15.1); else IVF + fp16 scalar codes; else IVF-PQ with an
-    SQ8 refine stage; else plain IVF-PQ (recall may then fall short and is reported as such).
+    A named ``kind`` is planned by its registered spec (:data:`INDEX_KINDS`). ``auto``: Flat below ``FLAT_MAX_N``
+    rows; else IVF-Flat if the raw vectors fit (on this CPU IVF-Flat builds ~7x faster than HNSW32 for the same
+    recall: 8 s against 54 s at 200k x 768, faiss-cpu 1.15.1); else IVF + fp16 scalar codes; else IVF-PQ with an SQ8
+    refine stage; else plain IVF-PQ (recall may then fall short and is reported as such).
 
     Raises
     ------
@@ -136,54 +253,25 @@ def choose_index(n: int, d: int, *, memory_budget_bytes: int, kind: Kind = "auto
         raise StoreError(f"The 'kind' parameter of build_index must be one of {KINDS}. Got {kind!r}.")
     if n < 1 or d < 1:
         raise StoreError(f"Cannot index {n} vectors of {d} dims; the store has no filled rows for this view.")
-    flat_b = n * (4 * d + _ID_BYTES)
-    nlist = ivf_nlist(n)
-    centroids = nlist * 4 * d
-    train = min(n, 48 * nlist)
-    memory_budget = memory_budget_bytes
-    gib = _human(memory_budget)
-
-    def flat(reason: str) -> IndexPlan:
-        return IndexPlan("flat", "Flat", flat_b, None, (), 0, reason)
-
-    def ivf(reason: str) -> IndexPlan:
-        return IndexPlan("ivf", f"IVF{nlist},Flat", flat_b + centroids, "nprobe", _powers(nlist), train, reason)
-
-    def ivfpq(max_code: float, reason: str) -> IndexPlan | None:
-        # Refine with 8-bit scalar codes (d bytes) when they fit: PQ alone caps recall (0.28 at m=96 on 200k x 768, 0.85 with a refine).
-        refine_m = pq_m(d, min(max_code - d, d / 4))
-        if refine_m is not None:
-            return IndexPlan("ivfpq", f"IVF{nlist},PQ{refine_m}x8,Refine(SQ8)",
-                             n * (refine_m + d + 2 * _ID_BYTES) + centroids, "nprobe", _powers(nlist), train,
-                             reason + " (SQ8 refine)", {"k_factor": 8})
-        m = pq_m(d, min(max_code, d / 2))
-        if m is None:
-            return None
-        return IndexPlan("ivfpq", f"IVF{nlist},PQ{m}x8", n * (m + _ID_BYTES) + centroids, "nprobe",
-                         _powers(nlist), train, reason + " (no refine: recall may miss the target)")
-
-    per_vec = memory_budget / n - 2 * _ID_BYTES - centroids / n
-    if kind == "flat":
-        if flat_b > memory_budget:
-            raise StoreError(f"A flat index of {n}x{d} needs {_human(flat_b)} > budget {gib}; "
-                             "raise --memory-budget or use --kind ivfpq.")
-        return flat("exact search requested")
-    if kind == "hnsw":
-        m = hnsw_m(n, d, memory_budget)
-        if m is None:
-            raise StoreError(f"HNSW over {n}x{d} does not fit {gib}; raise --memory-budget or use --kind ivfpq.")
-        return IndexPlan("hnsw", f"HNSW{m},Flat", n * (4 * d + 8 * m + _ID_BYTES), "efSearch",
-                         _powers(4096, start=16), 0, f"HNSW M={m} requested")
-    if kind == "ivf":
-        if flat_b + centroids > memory_budget:
-            raise StoreError(f"IVF-Flat over {n}x{d} needs {_human(flat_b + centroids)} > {gib}; "
-                             "raise --memory-budget or use --kind ivfpq.")
-        return ivf("IVF-Flat requested")
-    if kind == "ivfpq":
-        plan = ivfpq(per_vec, "IVF-PQ requested")
+    z = Sizes(n, d, memory_budget_bytes)
+    if kind != "auto":
+        plan = INDEX_KINDS[kind].plan(z, f"{kind} requested")
         if plan is None:
-            raise StoreError(f"Even 4-byte PQ codes for {n} vectors exceed {gib}; raise --memory-budget.")
+            hint = "raise --memory-budget." if kind == "ivfpq" else "raise --memory-budget or use --kind ivfpq."
+            raise StoreError(f"No {kind} index of {n}x{d} vectors fits the budget {_human(z.budget)}; {hint}")
         return plan
+    if n < FLAT_MAX_N:
+        plan = _flat(z, f"n={n} < {FLAT_MAX_N}: exhaustive search is cheap and exact")
+        if plan is not None:
+            return plan
+    for name, reason in (("ivf", f"raw vectors fit the budget ({_human(z.flat_bytes + z.centroids)} <= "
+                                 f"{_human(z.budget)})"),
+                         ("ivfsq", "fp16 codes fit the budget; fp32 vectors do not"),
+                         ("ivfpq", "only PQ codes fit the budget")):
+        plan = INDEX_KINDS[name].plan(z, reason)
+        if plan is not None:
+            return plan
+    raise StoreError(f"No index of {n}x{d} vectors fits {_human(z.budget)}; raise --memory-budget.")
     if n < FLAT_MAX_N and flat_b <= memory_budget:
         return flat(f"n={n} < {FLAT_MAX_N}: exhaustive search is cheap and exact")
     if flat_b + centroids <= memory_budget:

@@ -219,3 +219,21 @@ def test_auto_keeps_an_approximate_index_only_when_it_beats_exact_search():
     else:
         assert tuned["ms_per_query"] * 2 <= info["exact_ms_per_query"] and info["recall_target_met"]
     assert index.ntotal == 20_000
+
+
+def test_every_registered_index_kind_plans_and_tunes_its_own_parameter():
+    from stores.index_plan import INDEX_KINDS, KINDS, Sizes
+
+    assert KINDS[0] == "auto" and set(KINDS[1:]) == {k for k, s in INDEX_KINDS.items() if s.requestable}
+    for name, spec in INDEX_KINDS.items():
+        plan = spec.plan(Sizes(50_000, 64, 4 * 10**9), "test")
+        assert plan is not None and plan.kind == name and plan.tune == spec.tune, name
+        if spec.requestable:
+            assert choose_index(50_000, 64, memory_budget_bytes=4 * 10**9, kind=name).kind == name
+
+
+def test_index_help_lists_exactly_the_registered_kinds():
+    from embedkit.cli.retrieval import _KINDS_HELP
+    from stores.index_plan import KINDS
+
+    assert [k.strip(" .") for k in _KINDS_HELP.split("|")] == list(KINDS)
