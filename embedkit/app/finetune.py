@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from embedkit.errors import EmbedkitError
+from embedkit.errors import DataError, EmbedkitError
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,17 @@ def run_finetune(
         settings["lora"] = dict(LORA)
     done = check_run_dir(out, settings)
     if done is not None:
+        # Subgroups are a view of the finished run, not part of its fingerprint: new --age-bands (or a first run
+        # with --no-subgroups) are applied to the finished run instead of silently keeping the old table.
+        bands = [float(b) for b in age_bands]
+        if subgroups and env.is_main and (done.get("subgroups") or {}).get("age_bands") != bands:
+            from embedkit.app.subgroups import add_subgroups
+            from stores.image_cache import ImageCache
+
+            source = (done.get("store") or {}).get("path") or (data if ImageCache.is_cache(data) else None)
+            block = add_subgroups(out, store=source, age_bands=age_bands)
+            if block is not None:
+                done["subgroups"] = block
         return FinetuneResult(out, done, already_done=True)
     out.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(out)
@@ -286,6 +297,13 @@ def run_finetune(
             bb.module = torch.compile(bb.module, dynamic=False)
         prepare = Prepare(pre_block.get("mean"), pre_block.get("std"), aug, channels_last=channels_last)
         train_rows, val_rows = np.flatnonzero(td.split == "train"), np.flatnonzero(td.split == "val")
+        if train_rows.size == 0 or val_rows.size == 0:
+            # Said here, not as 'lower --batch-size': the usual cause is images that could not be read.
+            unread = int((td.split == "").sum())
+            raise DataError(f"'{data}' leaves {train_rows.size} train and {val_rows.size} validation rows to "
+                            f"finetune on ({unread} of {len(td.ids)} rows have no readable image"
+                            + (" or lie past --limit" if limit is not None else "") + "); check the images "
+                            "('embedkit cache-images' lists the files it could not read).")
         say(f"finetune {bb.spec.name} ({mode}, pool {net.pool}) @{res} on {len(train_rows)} train / "
             f"{len(val_rows)} val rows, {protocol} protocol, {prec}, {dev}")
 
@@ -311,8 +329,7 @@ def run_finetune(
         if subgroups:
             from embedkit.app.subgroups import add_subgroups
 
-            source = (td.store or {}).get("path") or getattr(td.images, "path", None)
-            block = add_subgroups(out, store=source, age_bands=age_bands)
+            block = add_subgroups(out, store=td.meta_path, age_bands=age_bands)
             if block is not None:
                 doc["subgroups"] = block
                 say(f"subgroups: {out / 'subgroups.csv'}")

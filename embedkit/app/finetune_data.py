@@ -35,6 +35,8 @@ class TrainData:
     store: dict | None
     store_provenance: dict | None
     datasets: np.ndarray | None = None  # per-row source dataset (display names, subgroups)
+    meta_path: str | None = None  # the embedding store or image cache holding the rows' sex/age/view metadata
+    source_split: np.ndarray | None = None  # the data's own split column (None: it has none; ``split`` was made)
 
 
 class CachedImages:
@@ -75,6 +77,10 @@ class RowMapped:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def _path_or_none(p) -> str | None:
+    return None if p is None else str(p)
 
 
 def is_store(data: str) -> bool:
@@ -138,16 +144,19 @@ def _build_cache(data: str, cache_dir: Path, *, res: int, preset: str, limit, po
 
 def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_dir: Path, limit: int | None,
                     split_seed: int, log: Callable[[str], None], split_unit: str | None = None,
-                    allow_leak: bool = False) -> TrainData:
+                    allow_leak: bool = False, require_labels: bool = True) -> TrainData:
     """Resolve DATA (store, image cache, manifest or ``ADAPTER:ROOT``) into :class:`TrainData`.
 
     The split is settled by :func:`resolve_split` (the probe's code), so a finetune and a probe of one store have
     the same train/val/test rows and the same bootstrap units.
 
+    ``require_labels=False`` (scoring new images) accepts data without labels: ``y`` is then (N, 0) and
+    ``label_names`` empty.
+
     Raises
     ------
     DataError
-        No labels, store ids missing from its images, an unreadable source, or no patient ids where a split must
+        No labels (unless ``require_labels`` is False), store ids missing from its images, an unreadable source, or no patient ids where a split must
         be made or carved (without ``split_unit``).
     LeakageError
         A patient or study in two splits (without ``allow_leak``).
@@ -208,7 +217,10 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
         image_rows = np.arange(len(ids), dtype=np.int64)
         spec = dict(src.spec)
     if y is None or not names:
-        raise DataError(f"'{data}' has no labels; finetuning needs label columns.")
+        if require_labels:
+            raise DataError(f"'{data}' has no labels; finetuning needs label columns.")
+        y, names = np.zeros((len(ids), 0), dtype=np.float32), []
+    source_split = None if split is None else np.asarray(split).astype(str)
     split, keys, split_info = resolve_split(split, ids=ids, patients=patients, studies=studies, seed=split_seed,
                                             split_unit=split_unit, allow_leak=allow_leak, source=str(data), say=log)
     split = np.where(filled, split, "")
@@ -220,4 +232,5 @@ def load_train_data(data: str, *, res: int, preset: str, preprocess: dict, run_d
     return TrainData(ids=ids, y=np.asarray(y, dtype=np.float32), label_names=names, split=split,
                      split_info=split_info, units=keys, patients=patients, images=images,
                      image_rows=image_rows, spec=spec, store=store_info, store_provenance=store_prov,
-                     datasets=datasets)
+                     datasets=datasets, source_split=source_split,
+                     meta_path=store_info["path"] if store_info else _path_or_none(src.cache_path))

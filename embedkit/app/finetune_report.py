@@ -20,8 +20,9 @@ def _atomic_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_train_log(out: Path, log: list[dict]) -> None:
-    """``train_log.csv`` (one row per epoch) and ``train_curve.png`` (losses and validation mean AUROC)."""
+def write_train_log(out: Path, log: list[dict], *, kept: int | None = None, select: str = "val-loss") -> None:
+    """``train_log.csv`` (one row per epoch) and ``train_curve.png`` (losses and validation mean AUROC; ``kept``
+    marks the epoch whose weights were kept, chosen by ``select``)."""
     import io
 
     buf = io.StringIO()
@@ -35,15 +36,28 @@ def write_train_log(out: Path, log: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     ep = [r["epoch"] for r in log]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(ep, [r["train_loss"] for r in log], "o-", label="train loss")
     ax.plot(ep, [r["val_loss"] for r in log], "s-", label="val loss")
     ax.set(xlabel="epoch", ylabel="masked BCE (pos_weight)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax2 = ax.twinx()
-    ax2.plot(ep, [r["val_mean_auroc"] for r in log], "^--", color="tab:green", label="val mean AUROC")
+    auc = np.array([r["val_mean_auroc"] for r in log], dtype=float)
+    ax2.plot(ep, auc, "^--", color="tab:green", label="val mean AUROC")
+    # An absolute AUROC axis: autoscaling draws a 0.007 change as a collapse.
+    finite = auc[np.isfinite(auc)]
+    ax2.set_ylim(min(0.5, float(finite.min()) - 0.02) if finite.size else 0.5, 1.0)
     ax2.set_ylabel("val mean AUROC")
-    fig.legend(loc="upper right", fontsize=7)
+    if kept is not None:
+        ax.axvline(kept, color="grey", ls=":", lw=1, label=f"kept epoch {kept} ({select})")
+    lines = ax.get_legend_handles_labels()
+    more = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4,
+              fontsize=7, frameon=False)
+    ax.set_title("Finetuning: losses (left axis), validation mean AUROC (right axis)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "train_curve.png", dpi=110)
     plt.close(fig)
@@ -116,7 +130,7 @@ def finish_run(out: Path, net, td, result, *, prepare, cfg, device, env, setting
         save_weights(out / "model.safetensors", net.state_dict(),
                      metadata={"pool": net.pool, "labels": json.dumps(td.label_names), "epoch": str(result.best_epoch),
                                "model": settings["model"], "res": str(settings["res"])})
-        write_train_log(out, result.log)
+        write_train_log(out, result.log, kept=result.best_epoch, select=cfg.select)
         write_csv(out / "per_label.csv", PER_LABEL_COLUMNS, per_label_rows(summary, td.label_names, identity))
         _write_predictions(out / "predictions.csv", ids[rows], split[rows], probs, td.label_names)
         write_test_labels(out / "test_labels.csv", ids[test_rows], y[test_rows], td.label_names)

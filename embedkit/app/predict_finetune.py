@@ -31,7 +31,6 @@ def finetuned_scores(run: Path, metrics: dict, data: str, out: Path, *, device: 
     from embedkit.extract.source import uint8_params
     from embedkit.finetune import Prepare, build_model
     from probes.finetune import predict as predict_logits
-    from stores.image_cache import ImageCache
 
     for name in ("model.safetensors", "finetune.json"):
         if not (run / name).exists():
@@ -47,8 +46,14 @@ def finetuned_scores(run: Path, metrics: dict, data: str, out: Path, *, device: 
     out.mkdir(parents=True, exist_ok=True)
     # Evaluation only: any split (or none, then made by image) serves to pick the scored rows; leaks cannot bias it.
     td = load_train_data(str(data), res=int(settings["res"]), preset=pre["preset"], preprocess=uint8_params(pre),
-                         run_dir=out, limit=None, split_seed=int(settings.get("split_seed", 0)), log=say,
-                         split_unit="image", allow_leak=True)
+                         run_dir=out, limit=None, split_seed=int(settings.get("split_seed", 0)),
+                         log=lambda m: None if m.startswith("split:") else say(m),  # a made split is not used
+                         split_unit="image", allow_leak=True, require_labels=False)
+    st_prov = td.store_provenance or {}
+    if td.store is not None:
+        bb_name = (st_prov.get("backbone") or {}).get("name")
+        say(f"the store's features ({bb_name} @{st_prov.get('resolution')} px) are not used: the finetuned model "
+            f"reads the images the store names, at the run's {settings['res']} px")
     labels = list(metrics["labels"])
     net = build_model(bb, len(labels), pool=metrics["features"], mode=settings["mode"])
     net.load_state_dict(load_file(str(run / "model.safetensors")))
@@ -61,10 +66,12 @@ def finetuned_scores(run: Path, metrics: dict, data: str, out: Path, *, device: 
     scores[rows] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     filled = np.zeros(len(td.ids), dtype=bool)
     filled[rows] = True
-    meta = next((Path(p) for p in (getattr(td.images, "path", None), (td.store or {}).get("path"), out / "images")
-                 if p and Path(p).exists() and (ImageCache.is_cache(p) or Path(p).suffix == ".zarr")), None)
     prov = {"backbone": bb.provenance(), "resolution": settings["res"], "preprocess": pre, "dataset": td.spec}
-    return Scored(ids=np.asarray(td.ids).astype(str), split=np.asarray(td.split).astype(str), filled=filled,
+    # The data's own split picks the scored rows (its test split, else every labelled row), as for a probe run;
+    # a split load_train_data made up for data without one is no test split of the data.
+    split = td.source_split if td.source_split is not None else np.full(len(td.ids), "", dtype=object)
+    return Scored(ids=np.asarray(td.ids).astype(str), split=np.asarray(split).astype(str), filled=filled,
                   scores=scores, head_labels=labels, head=str(metrics.get("head")), features=str(metrics["features"]),
-                  y_all=td.y, data_labels=list(td.label_names), patients=td.patients, studies=None,
-                  identity=run_identity(prov), store_info=td.store, meta_path=meta)
+                  y_all=td.y if td.label_names else None, data_labels=list(td.label_names), patients=td.patients,
+                  studies=None, identity=run_identity(prov, td.datasets), store_info=td.store,
+                  meta_path=None if td.meta_path is None else Path(td.meta_path))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedkit.errors import EmbedkitError
-from embedkit.study.config import StudyConfig, load_config
+from embedkit.study.config import StudyConfig, check_inputs, load_config
 from embedkit.study.grid import Grid, Stage, build_grid
 
 logger = logging.getLogger(__name__)
@@ -58,14 +58,23 @@ class StudyResult:
 
 def study_plan(config: str | Path, out: str | Path, *, only: str | None = None) -> list[tuple[str, str, str]]:
     """(key, kind, state) of every stage the selected cells need, in run order -- what ``--dry-run`` prints."""
-    grid = build_grid(load_config(config), out)
+    cfg = load_config(config)
+    check_inputs(cfg)
+    grid = build_grid(cfg, out)
+    cells = grid.select(only)
+    if only and not cells:
+        raise _no_match(only)
     rows, seen = [], set()
-    for cell in grid.select(only):
+    for cell in cells:
         for st in _closure(cell):
             if st.key not in seen:
                 seen.add(st.key)
                 rows.append((st.key, st.kind, grid.state(st)))
     return rows
+
+
+def _no_match(only: str) -> EmbedkitError:
+    return EmbedkitError(f"--only {only!r} matches no cell. Run --dry-run without --only to list the cell keys.")
 
 
 def _closure(stage: Stage) -> list[Stage]:
@@ -118,10 +127,11 @@ def study(
     t0 = time.perf_counter()
     tell = say or logger.info
     cfg = load_config(config)
+    check_inputs(cfg)
     grid = build_grid(cfg, out)
     selected = grid.select(only)
     if only and not selected:
-        raise EmbedkitError(f"--only {only!r} matches no cell. Run with --dry-run to list the cell keys.")
+        raise _no_match(only)
     grid.out.mkdir(parents=True, exist_ok=True)
     todo = [st for c in selected for st in _closure(c) if grid.state(st) != "done"]
     states: dict[str, str] = {}

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from embedkit.errors import EmbedkitError
 
-__all__ = ["StudyConfigError", "StudyConfig", "Dataset", "Backbone", "Arm", "load_config", "EXAMPLE"]
+__all__ = ["StudyConfigError", "StudyConfig", "Dataset", "Backbone", "Arm", "load_config", "check_inputs",
+           "EXAMPLE"]
 
 
 class StudyConfigError(EmbedkitError):
@@ -119,6 +120,71 @@ def _name_ok(name: str, where: str) -> str:
     return name
 
 
+def _choice(value, allowed, key: str, where: str) -> None:
+    if value not in allowed:
+        near = difflib.get_close_matches(str(value), list(allowed), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise _fail(where, f"'{key}' {value!r} is not one of {', '.join(map(str, allowed))}.{hint}")
+
+
+#: finetune arguments the study sets itself (an arm's ``options`` may not).
+_STUDY_SETS = ("model", "data", "out", "res", "mode", "protocol", "n_boot", "boot_seed", "bootstrap", "device",
+               "workers", "subgroups", "progress", "log")
+
+
+def _check_head(head: str, options: dict, where: str) -> None:
+    """A value typo is refused here, before any cell runs (as a key typo is)."""
+    from probes.heads import HEADS, head_spec
+
+    _choice(head, HEADS, "heads", where)
+    accepted = list(head_spec(head).accepted_options())
+    for k in options:
+        if k not in accepted:
+            near = difflib.get_close_matches(k, accepted, n=1)
+            hint = f"Did you mean '{near[0]}'?" if near else f"Options of {head}: {', '.join(accepted)}."
+            raise _fail(where, f"options: unknown {head} head option '{k}'. {hint}")
+
+
+def _check_finetune(modes, protocols, options: dict, where: str) -> None:
+    import inspect
+
+    from embedkit.app.finetune import PROTOCOLS, run_finetune
+
+    for m in modes:
+        k = m[5:] if isinstance(m, str) and m.startswith("last:") else None
+        if m not in ("full", "lora") and not (k is not None and k.isdigit() and int(k) >= 1):
+            raise _fail(where, f"'modes' {m!r} is not 'full', 'lora' or 'last:K' (K >= 1).")
+    for p in protocols:
+        _choice(p, list(PROTOCOLS), "protocols", where)
+    accepted = [k for k in inspect.signature(run_finetune).parameters if k not in _STUDY_SETS]
+    for k in options:
+        if k in _STUDY_SETS:
+            raise _fail(where, f"options: '{k}' is set by the study itself, not per arm.")
+        if k not in accepted:
+            near = difflib.get_close_matches(k, accepted, n=1)
+            hint = f"Did you mean '{near[0]}'?" if near else "See 'embedkit finetune --help'."
+            raise _fail(where, f"options: unknown finetune option '{k}'. {hint}")
+
+
+def check_inputs(cfg: StudyConfig) -> None:
+    """Refuse a dataset whose manifest or ``ADAPTER:ROOT`` root does not exist (and that ``[make]`` does not
+    build), before any cell runs.
+
+    Raises
+    ------
+    StudyConfigError
+        Naming the dataset and the missing path.
+    """
+    made = {str(Path(cfg.resolve(s["out"])) / "manifest.csv") for s in cfg.make.get("phantoms", [])}
+    for i, d in enumerate(cfg.datasets):
+        data = cfg.resolve(d.data)
+        adapter, sep, root = data.partition(":")
+        path = root if sep and len(adapter) > 1 and not Path(data).exists() else data
+        if not Path(path).exists() and data not in made:
+            raise _fail(f"[[datasets]][{i}] ({d.name})", f"'{path}' does not exist. 'data' takes a manifest CSV or "
+                        "ADAPTER:ROOT; relative paths resolve against the config file's folder.")
+
+
 def _arms(raw: list, where: str) -> list[Arm]:
     arms: list[Arm] = []
     for i, a in enumerate(raw):
@@ -140,7 +206,12 @@ def _arms(raw: list, where: str) -> list[Arm]:
             seeds = int(a.get("seeds", 1))
             if seeds < 1:
                 raise _fail(w, f"'seeds' must be >= 1; got {seeds}.")
+            if a.get("protocol") is not None:
+                from embedkit.protocols import list_protocols
+
+                _choice(a["protocol"], list_protocols(), "protocol", w)
             for h in heads:
+                _check_head(h, dict(options), w)
                 for f in feats:
                     name = base if base and len(heads) * len(feats) == 1 else \
                         "-".join(x for x in (base, h, f.replace("+", "_")) if x)
@@ -149,6 +220,7 @@ def _arms(raw: list, where: str) -> list[Arm]:
         else:
             _keys(a, _ARM_FT, w)
             modes, protocols = a.get("modes", ["full"]), a.get("protocols", ["modern"])
+            _check_finetune(modes, protocols, options, w)
             for m in modes:
                 for p in protocols:
                     name = base if base and len(modes) * len(protocols) == 1 else \

@@ -37,7 +37,7 @@ def write_report(grid: Grid, rows: list[dict], *, failures: dict[str, str]) -> P
     fig_dir.mkdir(exist_ok=True)
     prim = figs._primary(rows)
     adjust = cfg.settings["adjust"]
-    random = sorted({r["backbone"] for r in rows if r["random_weights"] in (True, "True")})
+    random = figs.random_backbones(rows)
     states = [grid.state(c) for c in grid.cells]
     na = sum(1 for c in grid.cells if grid.state(c) == "done" and _not_applicable(grid, c))
     lines = [f"# Study: {cfg.name}", ""]
@@ -59,7 +59,7 @@ def write_report(grid: Grid, rows: list[dict], *, failures: dict[str, str]) -> P
         ("resolution.png", figs.fig_resolution, (prim,)),
         ("heatmap.png", figs.fig_heatmap, (prim,)))}
     diffs = figs.paired_differences(grid, prim, adjust=adjust) if prim else []
-    made["paired.png"] = figs.fig_paired(fig_dir / "paired.png", diffs, adjust)
+    made["paired.png"] = figs.fig_paired(fig_dir / "paired.png", diffs, adjust, random=random)
     made["frozen_vs_finetune.png"] = figs.fig_frozen_vs_finetune(fig_dir / "frozen_vs_finetune.png", prim)
     made["label_fraction.png"] = figs.fig_label_fraction(fig_dir / "label_fraction.png", rows)
     for name, ok in made.items():

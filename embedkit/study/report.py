@@ -48,6 +48,22 @@ def _num(v) -> float:
     return float("nan") if v is None or v == "" else float(v)
 
 
+def random_backbones(rows: list[dict]) -> list[str]:
+    """Backbones of ``rows`` whose weights were random (results rows carry ``random_weights``)."""
+    return sorted({r["backbone"] for r in rows if r.get("random_weights") in (True, "True", "true")})
+
+
+def _stamp(fig, random: list[str], *, y: float = 0.005) -> None:
+    """A red footnote on figures of random weights: a PNG travels without the report that says so."""
+    if random:
+        fig.text(0.5, y, f"RANDOM WEIGHTS ({', '.join(random)}): a pipeline check, not results about any "
+                 "pretrained model", ha="center", va="bottom", fontsize=8, color="tab:red")
+
+
+def _chance(ax) -> None:
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance (0.5)")
+
+
 def fig_resolution(path: Path, prim: list[dict]) -> bool:
     """Mean AUROC vs resolution, one line per configuration with CI bars, one panel per dataset."""
     datasets = sorted({r["dataset"] for r in prim})
@@ -67,18 +83,22 @@ def fig_resolution(path: Path, prim: list[dict]) -> bool:
             y = np.array([_num(p[1]["auroc"]) for p in pts])
             lo = y - np.array([_num(p[1]["auroc_ci_low"]) for p in pts])
             hi = np.array([_num(p[1]["auroc_ci_high"]) for p in pts]) - y
-            marker = "s" if pts[0][1]["kind"] == "finetune" else "o"
-            ax.errorbar(x, y, yerr=[lo, hi], marker=marker, capsize=3, color=colors[j % 10], label=cfg, lw=1.2)
+            kind = pts[0][1]["kind"]
+            marker = "s" if kind == "finetune" else "o"
+            ax.errorbar(x, y, yerr=[lo, hi], marker=marker, capsize=3, color=colors[j % 10], lw=1.2,
+                        label=f"{cfg} ({'finetuned' if kind == 'finetune' else 'frozen head'})")
         ax.set_xticks(range(len(res)))
         ax.set_xticklabels([str(r) for r in res])
-        ax.set(title=ds, xlabel="resolution (px)")
-        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set(title=ds, xlabel="input resolution (px)")
+        _chance(ax)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean AUROC (95% CI)")
+    axes[0][0].set_ylabel("mean AUROC over labels (95% CI)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="backbone/arm",
                        title_fontsize=7)
-    fig.suptitle("Mean AUROC vs resolution (o frozen head, s finetune)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("Mean AUROC vs resolution (circles: frozen head, squares: finetuned; test set, 95% bootstrap CI)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _stamp(fig, random_backbones(prim))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -93,7 +113,8 @@ def fig_heatmap(path: Path, prim: list[dict]) -> bool:
     configs = sorted({_config(r) for r in prim})
     res = sorted({r["resolution"] for r in prim})
     vals = [_num(r["auroc"]) for r in prim if np.isfinite(_num(r["auroc"]))]
-    vmin, vmax = (min(vals), max(vals)) if vals else (0.5, 1.0)
+    # An absolute scale (chance .. 1): a scale stretched over the observed range makes 0.05 look like 0.5.
+    vmin, vmax = min([0.5, *vals]), 1.0
     fig, axes = plt.subplots(1, len(res), figsize=(1.1 * len(configs) * len(res) + 2.5, 0.6 * len(datasets) + 2.2),
                              squeeze=False)
     im = None
@@ -114,9 +135,10 @@ def fig_heatmap(path: Path, prim: list[dict]) -> bool:
         ax.set_yticks(range(len(datasets)))
         ax.set_yticklabels(datasets if r == res[0] else [], fontsize=8)
         ax.set_title(f"{r} px", fontsize=9)
-    fig.colorbar(im, ax=list(axes[0]), label="mean AUROC", shrink=0.8)
-    fig.suptitle("Mean AUROC: datasets x configurations (shared scale)", fontsize=10, y=1.03)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.colorbar(im, ax=list(axes[0]), label="mean AUROC (0.5 = chance)", shrink=0.8)
+    fig.suptitle("Mean AUROC on each test set: datasets x backbone/arm (one colour scale)", fontsize=10, y=1.08)
+    _stamp(fig, random_backbones(prim), y=1.01)  # above the panels: rotated tick labels fill the bottom
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.3)
     plt.close(fig)
     return True
 
@@ -157,8 +179,9 @@ def paired_differences(grid: Grid, prim: list[dict], *, adjust: str) -> list[dic
     return out
 
 
-def fig_paired(path: Path, diffs: list[dict], adjust: str) -> bool:
-    """Forest plot of paired differences with CIs and adjusted p-values."""
+def fig_paired(path: Path, diffs: list[dict], adjust: str, *, random: list[str] | tuple = ()) -> bool:
+    """Forest plot of paired differences (A - B for "A vs B") with CIs and adjusted p-values; ``random`` names
+    backbones with random weights (stamped on the figure)."""
     if not diffs:
         return False
     from probes.adjust import format_p
@@ -176,10 +199,11 @@ def fig_paired(path: Path, diffs: list[dict], adjust: str) -> bool:
     ax.axvline(0, color="black", ls="--", lw=0.8)
     ax.set_yticks(range(len(diffs)))
     ax.set_yticklabels([d["comparison"] for d in reversed(diffs)], fontsize=7)
-    ax.set(xlabel="difference in mean AUROC (paired bootstrap, 95% CI)",
-           title=f"Paired differences ({adjust} adjustment over {len(diffs)} comparisons; * p_adj < 0.05)")
+    ax.set(xlabel="Δ mean AUROC for 'A vs B' = A − B (> 0: A better; paired bootstrap, 95% CI)",
+           title=f"Paired differences (red, *: {adjust}-adjusted p < 0.05 over {len(diffs)} comparisons)")
     ax.title.set_fontsize(9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    _stamp(fig, list(random))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -213,10 +237,13 @@ def fig_frozen_vs_finetune(path: Path, prim: list[dict]) -> bool:
             ax.text(xi, 0.02, f"{_config(r)}\n@{r['resolution']}", rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(datasets)))
     ax.set_xticklabels(datasets)
-    ax.set(ylabel="mean AUROC (95% CI)", ylim=(0, 1), title="Best frozen head vs best finetune per dataset")
-    ax.axhline(0.5, color="grey", lw=0.6, ls=":")
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    ax.set(ylabel="mean AUROC over labels (95% CI)", ylim=(0, 1.05),
+           title="Best frozen head vs best finetune per dataset (highest test mean AUROC)")
+    ax.title.set_fontsize(10)
+    _chance(ax)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.06), ncol=3)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _stamp(fig, random_backbones(prim))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -250,8 +277,10 @@ def fig_label_fraction(path: Path, rows: list[dict]) -> bool:
         ax.minorticks_off()
         ax.set(title=ds, xlabel="label fraction", ylabel="mean AUROC (mean +- SD over seeds)")
         ax.grid(alpha=0.3)
+        _chance(ax)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _stamp(fig, random_backbones(macro))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -342,7 +342,8 @@ def fit(model, images, y, *, train_rows: np.ndarray, val_rows: np.ndarray, prepa
     rank, world_size : int
         DDP layout (the process group must be initialised when ``world_size > 1``).
     progress : callable(dict), optional
-        Called after each optimiser step (``event="step"``) and each epoch (``event="epoch"``).
+        Called after each optimiser step (``event="step"``; ``images``: the step's images, all ranks) and each
+        epoch (``event="epoch"``).
 
     Returns
     -------
@@ -460,11 +461,12 @@ def fit(model, images, y, *, train_rows: np.ndarray, val_rows: np.ndarray, prepa
             group_loss = torch.zeros((), device=device)
             run_loss[0] += value
             run_loss[1] += 1
-            run_loss[3] += sum(len(global_batches[j]) for j in range(group_first, mi + 1))
+            step_images = sum(len(global_batches[j]) for j in range(group_first, mi + 1))
+            run_loss[3] += step_images
             if progress is not None:
                 progress({"event": "step", "epoch": epoch + 1, "epochs": cfg.epochs, "step": mi // cfg.accumulate + 1,
                           "steps": steps_per_epoch, "global_step": global_step, "loss": value,
-                          "lr": opt.param_groups[-1]["lr"]})
+                          "lr": opt.param_groups[-1]["lr"], "images": step_images})
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and mi + 1 < len(bounds):
                 run_loss[2] += time.perf_counter() - t_ep
                 t_ep = time.perf_counter()

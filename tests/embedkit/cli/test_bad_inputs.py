@@ -85,6 +85,9 @@ def inputs(tmp_path_factory):
     (root / "study.toml").write_text(EXAMPLE)
     (root / "study_bad.toml").write_text("[study]\nresolutions = [32, 64\n")
     (root / "study_unknown_key.toml").write_text("resolutionz = [32]\n" + EXAMPLE)
+    (root / "study_value_typo.toml").write_text(EXAMPLE.replace('heads = ["linear"]', 'heads = ["linaer"]'))
+    (root / "study_missing_manifest.toml").write_text(
+        EXAMPLE.replace('data = "study-assets/phantoms-b/manifest.csv"', 'data = "moved-away/manifest.csv"'))
     (root / "vec_text.npy").write_text("not a numpy file")
     np.save(root / "vec_wrong.npy", np.zeros(D + 3, np.float32))
     np.save(root / "vec_2d.npy", np.zeros((2, D), np.float32))
@@ -223,6 +226,7 @@ CASES = [
     ("finetune-bad-mode", FT + " --out {new} --mode sideways --epochs 1 --limit 4", "{new}"),
     ("finetune-bad-protocol", FT + " --out {new} --protocol legacy --epochs 1 --limit 4", "{new}"),
     ("finetune-out-file", FT + " --out {file} --epochs 1 --limit 4", "{file}"),
+    ("finetune-out-foreign-folder", FT + " --out {thesis} --epochs 1 --limit 4", "{thesis}"),
     # --- study (a configuration error runs nothing and creates nothing)
     ("study-missing-config", "study {root}/none.toml --out {new}", "{new}"),
     ("study-config-is-folder", "study {root} --out {new}", "{new}"),
@@ -230,6 +234,10 @@ CASES = [
     ("study-unknown-key", "study {root}/study_unknown_key.toml --out {new}", "{new}"),
     ("study-only-matches-nothing", "study {root}/study.toml --out {new} --only nothing/*", "{new}"),
     ("study-dry-run-bad-toml", "study {root}/study_bad.toml --out {new} --dry-run", "{new}"),
+    ("study-dry-run-only-matches-nothing", "study {root}/study.toml --out {new} --dry-run --only nothing/*", "{new}"),
+    ("study-value-typo", "study {root}/study_value_typo.toml --out {new}", "{new}"),
+    ("study-missing-manifest", "study {root}/study_missing_manifest.toml --out {new}", "{new}"),
+    ("study-dry-run-missing-manifest", "study {root}/study_missing_manifest.toml --out {new} --dry-run", "{new}"),
     ("study-missing-out", "study {root}/study.toml", None),
     ("study-out-foreign-folder", "study {root}/study.toml --out {thesis}", "{thesis}"),
     ("study-out-file", "study {root}/study.toml --out {file}", "{file}"),

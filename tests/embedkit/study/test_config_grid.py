@@ -41,6 +41,13 @@ def test_example_is_printed_parses_and_documents_every_key(tmp_path):
     (('adjust = "holm"', 'adjust = "bonferroni"'), "'holm', 'bh' or 'none'"),
     (('name = "vit"', 'name = "convnext"'), "unique"),
     (("[study]", "[study"), "not valid TOML"),
+    # Value typos are refused as key typos are, before any cell runs (they used to fail every cell at run time).
+    (('heads = ["linear"]', 'heads = ["linaer"]'), "'heads' 'linaer' is not one of"),
+    (('modes = ["full"]', 'modes = ["fulll"]'), "'modes' 'fulll' is not 'full', 'lora' or 'last:K'"),
+    (('protocols = ["modern"]', 'protocols = ["moderne"]'), "Did you mean 'modern'?"),
+    (("options = { epochs = 2,", "options = { epoch = 2,"), "unknown finetune option 'epoch'. Did you mean 'epochs'?"),
+    (("options = { epochs = 2,", "options = { device = 'cpu', epochs = 2,"), "'device' is set by the study"),
+    (('heads = ["linear"] ', 'options = { epoch = 3 }\nheads = ["linear"] '), "unknown linear head option 'epoch'"),
 ])
 def test_bad_configs_are_refused_with_one_line(tmp_path, edit, message):
     path = _write(tmp_path, EXAMPLE.replace(*edit, 1))
@@ -48,6 +55,19 @@ def test_bad_configs_are_refused_with_one_line(tmp_path, edit, message):
         load_config(path)
     r = CliRunner().invoke(app, ["study", str(path), "--out", str(tmp_path / "o"), "--dry-run"])
     assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1
+
+
+def test_missing_manifest_is_refused_before_anything_runs(tmp_path):
+    text = EXAMPLE.replace('data = "study-assets/phantoms-b/manifest.csv"', 'data = "nowhere/manifest.csv"')
+    text = text.replace('data = "study-assets/phantoms-a/manifest.csv"', 'data = "nih:nowhere-nih"')
+    path = _write(tmp_path, text)
+    for extra in (["--dry-run"], []):
+        r = CliRunner().invoke(app, ["study", str(path), "--out", str(tmp_path / "o"), *extra])
+        assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1
+        assert "(phantom-a)" in r.output and "nowhere-nih' does not exist" in r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "study-assets").exists()
+    # A manifest that [make] builds is not missing.
+    assert load_config(_write(tmp_path, EXAMPLE)) and cfgmod.check_inputs(load_config(_write(tmp_path))) is None
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path):
