@@ -15,8 +15,12 @@ import os
 import sys
 
 import typer
-from typer._click import exceptions as click_exc
-from typer._click import utils as _click_utils
+try:  # typer vendors click as typer._click (0.29, tested); older typer raised click's own exceptions
+    from typer._click import exceptions as click_exc
+    from typer._click import utils as _click_utils
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exc
+    from click import utils as _click_utils
 from typer.core import TyperGroup
 
 COMMAND_MODULES = ("info", "data", "phantoms", "models", "extract", "probe", "finetune", "retrieval", "demo", "predict", "study")
