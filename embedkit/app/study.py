@@ -6,6 +6,16 @@ Each stage (image cache, store, run, external validation) is skipped when its ma
 extract continues its store, a finetune its checkpoint, a multi-seed probe its finished sub-runs) and redone from
 scratch when the settings changed. A failed cell is recorded and the grid goes on; failures are listed at the end.
 Killing the study and re-running it finishes the grid. Display names come from the configuration.
+
+Under torchrun or Slurm (``WORLD_SIZE`` > 1) the same command and configuration work: ``torchrun --nproc-per-node N
+-m embedkit study CONFIG --out DIR``. Every rank runs the rank-aware stages together (cache-images and extract
+split a store's units between them, finetune trains with DDP); rank 0 alone probes, predicts, adds subgroups, writes
+the markers, ``results.csv`` and ``report.md`` while the other ranks wait at a barrier
+(:mod:`embedkit.study.ranks`). Which stages run is read from the markers by every rank between two barriers, before
+anything is written, so every rank takes the same decisions. A failed probe or prediction is recorded as in one
+process; a failed rank-aware stage stops the study (re-run to resume), since a rank that failed alone cannot tell
+whether its peers wait for it inside that stage. The study's fingerprints do not include the number of ranks: a
+study begun in one process is finished (or found done) under torchrun, and the other way round.
 """
 from __future__ import annotations
 
@@ -19,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedkit.errors import EmbedkitError
+from embedkit.extract.dist import ProcessGroup, detect_env
 from embedkit.study.config import StudyConfig, check_inputs, load_config
 from embedkit.study.grid import Grid, Stage, build_grid
+from embedkit.study.ranks import on_main, study_group
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +120,12 @@ def study(
     report : bool
         Write ``results.csv`` and ``report.md`` (from every finished cell, selected or not).
     say : callable(str), optional
-        Receives each progress message.
+        Receives each progress message (on rank 0 only under torchrun / Slurm).
 
     Returns
     -------
     StudyResult
+        On a rank other than 0: the states and failures that rank saw (a probe's failure message stays on rank 0).
 
     Raises
     ------
@@ -125,58 +138,105 @@ def study(
     >>> res.failures, res.report                 # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    tell = say or logger.info
     cfg = load_config(config)
     check_inputs(cfg)
     grid = build_grid(cfg, out)
     selected = grid.select(only)
     if only and not selected:
         raise _no_match(only)
+    env = detect_env()
+    tell = (say or logger.info) if env.is_main else logger.debug  # one console: rank 0's
     grid.out.mkdir(parents=True, exist_ok=True)
-    todo = [st for c in selected for st in _closure(c) if grid.state(st) != "done"]
+    with study_group(env, device=str(cfg.settings["device"])) as group:
+        # Rank 0 builds the inputs; then every rank reads the markers between two barriers (nothing is written
+        # in between), so the plan -- which stages run -- is the same on every rank.
+        on_main(group, lambda: _make_inputs(cfg, tell)
+                if any(grid.state(st) != "done" for c in selected for st in _closure(c)) else None)
+        pending = {st.key for c in selected for st in _closure(c) if grid.state(st) != "done"}
+        group.barrier()
+        states, failures = _run_grid(grid, selected, pending, group, tell)
+
+        def finish() -> tuple[Path | None, Path | None]:
+            _write_json(grid.out / "failures.json", failures)
+            if not report:
+                return None, None
+            from embedkit.study.document import write_report
+            from embedkit.study.results import collect, write_results
+
+            rows = collect(grid)
+            res, rep = write_results(grid.out / "results.csv", rows), write_report(grid, rows, failures=failures)
+            tell(f"results: {res} ({len(rows)} rows); report: {rep}")
+            return res, rep
+
+        paths = on_main(group, finish)
+    if paths is None:  # another rank: rank 0 wrote them
+        paths = (grid.out / "results.csv", grid.out / "report.md") if report else (None, None)
+    return StudyResult(grid.out, states, failures, paths[0], paths[1], time.perf_counter() - t0)
+
+
+def _collective(grid: Grid, st: Stage) -> bool:
+    """Stages every rank runs together (rank-aware); the others run on rank 0 alone."""
+    if st.kind in ("cache", "extract"):
+        return True
+    return st.kind == "run" and next(a for a in grid.config.arms if a.name == st.arm).kind == "finetune"
+
+
+def _run_grid(grid: Grid, selected: list[Stage], pending: set[str], group: ProcessGroup,
+              tell) -> tuple[dict[str, str], dict[str, str]]:
+    """Run the ``pending`` stages of the selected cells; (states, failures) as this rank saw them."""
     states: dict[str, str] = {}
     failures: dict[str, str] = {}
-    if todo:
-        _make_inputs(cfg, tell)
     n = len(selected)
     for i, cell in enumerate(selected, 1):
-        if grid.state(cell) == "done":
+        if cell.key not in pending:
             states[cell.key] = "done"
             continue
         tell(f"[{i}/{n}] {cell.key}")
+        for st in _closure(cell):
+            if st.key not in pending:
+                states.setdefault(st.key, "done")
+                continue
+            if st.key in states and states[st.key] != "failed":
+                continue  # ran earlier in this run (a cache or store shared by cells)
+            if states.get(st.key) == "failed":
+                state, msg = "failed", f"its input {st.key} failed"
+            else:
+                state, msg = _attempt(grid, st, tell, group)
+                states[st.key] = state
+            if state == "failed":
+                failures[cell.key] = msg
+                for later in _closure(cell):
+                    states.setdefault(later.key, "failed")
+                states[cell.key] = "failed"
+                tell(f"  failed: {msg}")
+                break
+            if state == "n/a":
+                tell(f"  n/a: {msg}")
+    return states, failures
+
+
+def _attempt(grid: Grid, st: Stage, tell, group: ProcessGroup) -> tuple[str, str]:
+    """Run one stage: ('ran' | 'n/a' | 'failed', message). Rank-0 stages: the other ranks wait for the outcome."""
+    env = group.env
+    collective = _collective(grid, st)
+    state, msg = "ran", ""
+    if env.is_main or collective:
         try:
-            for st in _closure(cell):
-                if states.get(st.key) == "failed":
-                    raise EmbedkitError(f"its input {st.key} failed")
-                if grid.state(st) != "done":
-                    _run_stage(grid, st, tell)
-                    states[st.key] = "ran"
-            states[cell.key] = "ran"
+            _run_stage(grid, st, tell, group)
         except CellNotApplicable as exc:
-            states[cell.key] = "n/a"
-            grid.mark_done(cell, {"not_applicable": str(exc)})
-            tell(f"  n/a: {exc}")
+            state, msg = "n/a", str(exc)
+            if env.is_main:
+                grid.mark_done(st, {"not_applicable": msg})
         except (EmbedkitError, ValueError, OSError, RuntimeError) as exc:
             # One broken cell must not stop the grid (Hydra's pitfall): record it, go on, list failures at the end.
-            if os.environ.get("EMBEDKIT_DEBUG") == "1":
+            # Under torchrun a failed rank-aware stage stops the study instead: a rank that failed alone cannot
+            # tell whether its peers wait for it at a barrier inside that stage.
+            if os.environ.get("EMBEDKIT_DEBUG") == "1" or (collective and env.distributed):
                 raise
-            msg = " ".join(str(exc).split()) or type(exc).__name__
-            failures[cell.key] = msg
-            states[cell.key] = "failed"
-            for st in _closure(cell):
-                states.setdefault(st.key, "failed")
-            tell(f"  failed: {msg}")
-    _write_json(grid.out / "failures.json", failures)
-    res_path = rep_path = None
-    if report:
-        from embedkit.study.document import write_report
-        from embedkit.study.results import collect, write_results
-
-        rows = collect(grid)
-        res_path = write_results(grid.out / "results.csv", rows)
-        rep_path = write_report(grid, rows, failures=failures)
-        tell(f"results: {res_path} ({len(rows)} rows); report: {rep_path}")
-    return StudyResult(grid.out, states, failures, res_path, rep_path, time.perf_counter() - t0)
+            state, msg = "failed", " ".join(str(exc).split()) or type(exc).__name__
+    if env.distributed and not collective and not group.all_ok(state != "failed"):
+        return "failed", msg or "failed on rank 0 (see its output)"
+    return state, msg
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -214,11 +274,15 @@ def _fresh(grid: Grid, st: Stage) -> None:
         grid.marker(st).unlink(missing_ok=True)
 
 
-def _run_stage(grid: Grid, st: Stage, tell) -> None:
+def _run_stage(grid: Grid, st: Stage, tell, group: ProcessGroup) -> None:
+    """Run a stage (on every rank when it is rank-aware) and let rank 0 write its marker."""
     import embedkit.api as ek
 
     s = grid.config.settings
-    _fresh(grid, st)
+    if group.env.is_main:
+        _fresh(grid, st)
+    if _collective(grid, st):
+        group.barrier()  # no rank opens the output while rank 0 may still be removing a stale one
     t = time.perf_counter()
     if st.kind == "cache":
         p = st.params
@@ -239,7 +303,7 @@ def _run_stage(grid: Grid, st: Stage, tell) -> None:
                        dtype=p["dtype"], limit=p["limit"], labels=p["labels"], uncertain=p["uncertain"],
                        views=p["views"], split=p["split"])
     elif st.kind == "run":
-        _run_cell(grid, st, tell)
+        _run_cell(grid, st, tell, group)
     else:
         from embedkit.app.predict import predict
 
@@ -247,7 +311,8 @@ def _run_stage(grid: Grid, st: Stage, tell) -> None:
         tell(f"  predict {train.key} on {st.test_dataset}")
         predict(train.path, store.path, st.path, n_boot=int(st.params["n_boot"]), boot_seed=st.params["boot_seed"],
                 bootstrap=st.params["bootstrap"], age_bands=s["age_bands"], device=s["device"], overwrite=True)
-    grid.mark_done(st, {"seconds": round(time.perf_counter() - t, 3)})
+    if group.env.is_main:
+        grid.mark_done(st, {"seconds": round(time.perf_counter() - t, 3)})
 
 
 def _features(store: Path, wanted: str) -> str:
@@ -263,7 +328,7 @@ def _features(store: Path, wanted: str) -> str:
     return wanted
 
 
-def _run_cell(grid: Grid, st: Stage, tell) -> None:
+def _run_cell(grid: Grid, st: Stage, tell, group: ProcessGroup) -> None:
     import embedkit.api as ek
     from embedkit.app.subgroups import add_subgroups
 
@@ -284,6 +349,6 @@ def _run_cell(grid: Grid, st: Stage, tell) -> None:
         ek.finetune(model, str(store), st.path, res=st.resolution, mode=arm.mode, protocol=arm.protocol,
                     n_boot=p["n_boot"], boot_seed=p["boot_seed"], bootstrap=p["bootstrap"], device=s["device"],
                     workers=s["workers"], subgroups=False, **arm.options)
-        run_dirs = [st.path]
+        run_dirs = [st.path] if group.env.is_main else []  # subgroups: rank 0's files
     for d in run_dirs:
         add_subgroups(d, store=store, age_bands=s["age_bands"], min_count=s["min_count"])

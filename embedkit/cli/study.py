@@ -44,7 +44,12 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("embedkit study needs CONFIG and --out (or --example to print a configuration).")
         if not config.is_file():
             raise typer.BadParameter(f"The study configuration '{config}' does not exist or is not a file.")
+        from embedkit.extract.dist import detect_env
+
+        main = detect_env().is_main  # under torchrun / Slurm, rank 0 owns the console
         if dry_run:
+            if not main:
+                return
             from embedkit.app.study import study_plan
 
             plan = study_plan(config, out, only=only)
@@ -65,6 +70,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(msg, err=True)
 
         res = study(config, out, only=only, say=say)
+        if not main:
+            return  # rank 0 reports (and exits 2 on failures); an early exit here would make torchrun kill it
         ran = sum(1 for s in res.states.values() if s == "ran")
         if json_out:
             print_json({"out": str(res.out), "states": res.states, "failures": res.failures,

@@ -13,6 +13,7 @@ out of memory, node lost) fails the others with one line instead of holding thei
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import logging
 import os
 import threading
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: Environment variable: seconds without a heartbeat after which a peer counts as dead (also bounds the rendezvous).
 TIMEOUT_ENV = "EMBEDKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
+#: Groups opened by this process: the n-th has one name on every rank (ranks open theirs in the same order), so a
+#: later group on the same launcher store (a study opens one per stage) never reads an earlier one's counters.
+_GROUPS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class ProcessGroup:
         # The default store is the rendezvous key-value store every launcher sets up (torchrun's agent, or rank 0).
         self._store = dist.distributed_c10d._get_default_store()
         self._interval = max(0.2, min(10.0, self.timeout_s / 5))
+        self._gen = next(_GROUPS)
         self._store.add(self._beat_key(env.rank), 1)
         self._beat = threading.Thread(target=self._heartbeat, name="embedkit-heartbeat", daemon=True)
         self._beat.start()
@@ -220,7 +225,7 @@ class ProcessGroup:
     def _sum(self, name: str, value: int) -> int:
         """Add ``value`` on every rank and return the total once all ranks have added theirs."""
         self._seq += 1
-        key = f"embedkit/sync/{self._seq}/{name}"
+        key = f"embedkit/sync/{self._gen}.{self._seq}/{name}"
         rank, world = self.env.rank, self.env.world_size
         self._call(self._store.add, f"{key}/sum", value)
         self._call(self._store.add, f"{key}/rank{rank}", 1)
