@@ -18,8 +18,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from embedkit.errors import ExtractionError
 
@@ -288,6 +289,35 @@ class ProcessGroup:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+T = TypeVar("T")
+
+
+def on_main(group: ProcessGroup, fn: Callable[[], T], *,
+            failed: str = "Rank 0 failed (see its error message); this rank stops too. Re-run the same command "
+                          "to resume.") -> T | None:
+    """Run ``fn`` on rank 0 while the other ranks wait; a failure there is raised on every rank.
+
+    Returns ``fn()`` on rank 0 and None elsewhere.
+
+    Raises
+    ------
+    Exception
+        Whatever ``fn`` raised (rank 0), or :class:`ExtractionError` with ``failed`` (the other ranks), so that no
+        rank waits at a barrier forever.
+    """
+    value, error = None, None
+    if group.env.is_main:
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = exc
+    if not group.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise ExtractionError(failed)
+    return value
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from embedkit.errors import ExtractionError
-from embedkit.extract.dist import DistEnv, ProcessGroup, detect_env
+from embedkit.extract.dist import DistEnv, ProcessGroup, detect_env, on_main
 from embedkit.extract.options import PREPROCESS, RESIZE, check_choice
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,7 @@ def open_sink(make: Callable[[], Any], reopen: Callable[[], Any], group: Process
 
     A failure on rank 0 (say, a provenance mismatch) is broadcast so that no rank waits at a barrier forever.
     """
-    sink, error = None, None
-    if group.env.is_main:
-        try:
-            sink = make()
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = exc
-    if not group.all_ok(error is None):
-        if error is not None:
-            raise error
-        raise ExtractionError("Rank 0 could not open the output; see its error message.")
+    sink = on_main(group, make, failed="Rank 0 could not open the output; see its error message.")
     if not group.env.is_main:
         sink = reopen()
     return sink

@@ -15,15 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 from embedkit.errors import EmbedkitError
-from embedkit.extract.dist import DistEnv, ProcessGroup, dist_timeout
+from embedkit.extract.dist import DistEnv, ProcessGroup, dist_timeout, on_main
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 __all__ = ["study_group", "on_main"]
 
@@ -80,27 +78,3 @@ def study_group(env: DistEnv, *, device: str = "auto") -> Iterator[ProcessGroup]
     finally:
         if own and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def on_main(group: ProcessGroup, fn: Callable[[], T]) -> T | None:
-    """Run ``fn`` on rank 0 while the other ranks wait; a failure there is raised on every rank.
-
-    Returns ``fn()`` on rank 0 and None elsewhere.
-
-    Raises
-    ------
-    Exception
-        Whatever ``fn`` raised (rank 0), or :class:`EmbedkitError` (the other ranks).
-    """
-    value, error = None, None
-    if group.env.is_main:
-        try:
-            value = fn()
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = exc
-    if not group.all_ok(error is None):
-        if error is not None:
-            raise error
-        raise EmbedkitError("Rank 0 failed (see its error message); this rank stops too. Re-run the same command "
-                            "to resume.")
-    return value
