@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from embedkit.cli._common import bad_parameter, check_out, out_console, print_json
+from embedkit.cli._common import bad_parameter, check_out, print_json
 
 
 class _TrainProgress:
@@ -38,10 +38,6 @@ class _TrainProgress:
 
     def close(self, *, success: bool = True) -> None:
         self.bar.close(success=success)
-
-
-def _fmt(v, digits: int = 4) -> str:
-    return "nan" if v is None or v != v else f"{v:.{digits}f}"
 
 
 def register(app: typer.Typer) -> None:
@@ -140,17 +136,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(doc)
             return
-        from rich.table import Table
+        from embedkit.cli.probe import _print_run_table
 
-        t = Table(title=f"{doc['head']} ({doc['features']}), kept epoch {doc['chosen']['epoch']} "
-                        f"by {doc['chosen']['select']}")
-        for col in ("label", "AUROC", "95% CI", "AP", "threshold"):
-            t.add_column(col, justify="left" if col == "label" else "right")
-        for label, row in doc["test"]["per_label"].items():
-            a = row["auroc"]
-            t.add_row(label, _fmt(a["value"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]",
-                      _fmt(row["ap"]["value"]), _fmt(row["threshold"], 3))
-        m = doc["test"]["means"]["auroc"]
-        t.add_row("mean", _fmt(m["value"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]",
-                  _fmt(doc["test"]["means"]["ap"]["value"]), "", style="bold")
-        out_console().print(t)
+        _print_run_table(doc, title=f"{doc['head']} ({doc['features']}), kept epoch {doc['chosen']['epoch']} "
+                                    f"by {doc['chosen']['select']}")

@@ -72,12 +72,13 @@ def _fmt(v, digits: int = 4) -> str:
     return "nan" if v is None or v != v else f"{v:.{digits}f}"
 
 
-def _print_run_table(doc: dict) -> None:
+def _print_run_table(doc: dict, *, title: str | None = None) -> None:
+    """The per-label table of a run (probe or finetune): AUROC [95% CI], AP, threshold, and the mean row."""
     from rich.table import Table
 
     info, split, boot = doc.get("provenance") or {}, doc.get("split") or {}, doc.get("bootstrap") or {}
-    t = Table(title=f"{info.get('dataset')}: {doc['head']} on {doc['features']} "
-                    f"(fraction {doc['label_fraction']}, seed {doc['seed']})",
+    t = Table(title=title or f"{info.get('dataset')}: {doc['head']} on {doc['features']} "
+                             f"(fraction {doc['label_fraction']}, seed {doc['seed']})",
               caption=f"split unit {split.get('unit')} ({split.get('source')}); bootstrap unit {boot.get('unit')}; "
                       "AUROC and AP on the whole test set, CI from the bootstrap")
     for col in ("label", "AUROC", "95% CI", "AP", "threshold"):

@@ -60,6 +60,18 @@ _PLUGINS: dict[str, str] = {
 }
 
 
+def _sniff(p: Path) -> tuple[bool, bool]:
+    """(is DICOM, is PNG) from the file's first bytes: DICOM = the DICM preamble, or a DICOM suffix on a file that is
+    not a PNG. DecodeError if the file cannot be read."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise DecodeError(f"Cannot read image '{p}': {exc.strerror or exc}.") from None
+    png = head.startswith(_PNG_MAGIC)
+    return head[128:132] == b"DICM" or (p.suffix.lower() in _DICOM_SUFFIXES and not png), png
+
+
 def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one image file as float32 grayscale in [0, 1] (0 = air).
 
@@ -86,15 +98,11 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
     (dtype('float32'), 2)
     """
     p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except OSError as exc:
-        raise DecodeError(f"Cannot read image '{p}': {exc.strerror or exc}.") from None
-    if head[128:132] == b"DICM" or (p.suffix.lower() in _DICOM_SUFFIXES and not head.startswith(_PNG_MAGIC)):
+    dicom, png = _sniff(p)
+    if dicom:
         out = _decode_dicom(p)
     else:
-        out = _decode_pillow(p, is_png=head.startswith(_PNG_MAGIC))
+        out = _decode_pillow(p, is_png=png)
     out = np.clip(out, 0.0, 1.0, out=out)
     if not np.isfinite(out).all():
         raise DecodeError(f"Cannot decode '{p}': non-finite pixel values.")
@@ -163,12 +171,8 @@ def decode_raw(path: str | os.PathLike[str]) -> RawImage:
     (dtype('uint8'), 'opencv-imread-color')
     """
     p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except OSError as exc:
-        raise DecodeError(f"Cannot read image '{p}': {exc.strerror or exc}.") from None
-    if head[128:132] == b"DICM" or (p.suffix.lower() in _DICOM_SUFFIXES and not head.startswith(_PNG_MAGIC)):
+    dicom, png = _sniff(p)
+    if dicom:
         ds, first_frame = _open_dicom(p)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
